@@ -1,0 +1,156 @@
+"""``python -m cwpo.fit --model NAME``: train any registered cwpo module with LightningCLI.
+
+``--model`` picks an entry of :data:`REGISTRY` (a LightningModule and the LightningDataModule that feeds
+it); every other argument is LightningCLI's own: ``--config file.yaml``, ``--model.<arg>``,
+``--data.<arg>``, ``--trainer.<arg>``, ``--seed_everything``, ``--ckpt_path last``.
+
+Examples:
+    python -m cwpo.fit --help
+    python -m cwpo.fit --model annotator --config configs/annotator/synthetic.yaml
+    python -m cwpo.fit --model policy --config configs/policy/synthetic.yaml --model.objective ipo
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A trainable thing: ``module:Class`` paths, imported only when the entry is used."""
+
+    module: str
+    datamodule: str
+    help: str
+    links: tuple[tuple[str, str], ...] = field(default=())
+
+
+REGISTRY: dict[str, Entry] = {}
+
+
+def register(name: str, module: str, datamodule: str, help: str, links: tuple[tuple[str, str], ...] = ()) -> None:
+    """Add a ``--model`` choice. ``links`` are LightningCLI argument links (``source``, ``target``)."""
+    REGISTRY[name] = Entry(module, datamodule, help, tuple(links))
+
+
+# Every module's model and its datamodule's tokenizer come from the same spec.
+_TOKENIZER_LINK = (("model.backbone", "data.tokenizer"),)
+register(
+    "annotator",
+    "cwpo.modules.annotator:AnnotatorModule",
+    "cwpo.data.datamodules:PairDataModule",
+    "weak annotator: scalar-head reward model trained with the Bradley-Terry loss (stage 1)",
+    _TOKENIZER_LINK,
+)
+register(
+    "pairrm",
+    "cwpo.modules.annotator:PairRMModule",
+    "cwpo.data.datamodules:PairDataModule",
+    "weak annotator, PairRM style: one model reads both responses (appendix J.9)",
+    _TOKENIZER_LINK,
+)
+register(
+    "sft",
+    "cwpo.modules.sft:SFTModule",
+    "cwpo.data.datamodules:SFTDataModule",
+    "supervised fine-tuning of the strong model on prompt + chosen, response tokens only",
+    _TOKENIZER_LINK,
+)
+register(
+    "policy",
+    "cwpo.modules.policy:PolicyModule",
+    "cwpo.data.datamodules:PairDataModule",
+    "strong policy: (confidence-weighted) DPO / IPO / rDPO with LoRA against a frozen reference (stage 3)",
+    _TOKENIZER_LINK,
+)
+
+
+def _load(path: str):
+    module_name, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def usage() -> str:
+    width = max(len(name) for name in REGISTRY)
+    lines = [
+        "usage: python -m cwpo.fit --model NAME [--config FILE.yaml] [--model.ARG V] [--data.ARG V] [--trainer.ARG V]",
+        "",
+        "Train a cwpo module with LightningCLI. Registered models (--model NAME):",
+    ]
+    lines += [f"  {name:<{width}}  {entry.help}" for name, entry in REGISTRY.items()]
+    lines += ["", "Run 'python -m cwpo.fit --model NAME --help' for that module's arguments."]
+    return "\n".join(lines)
+
+
+def split_model_arg(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Take ``--model NAME`` (or ``--model=NAME``) out of ``argv``; ``--model.x`` arguments stay."""
+    rest, name = [], None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--model" and i + 1 < len(argv):
+            name, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--model="):
+            name, i = arg.split("=", 1)[1], i + 1
+            continue
+        rest.append(arg)
+        i += 1
+    return name, rest
+
+
+def trainer_defaults(name: str) -> dict:
+    """CSV logs, a ``last.ckpt`` to resume from, and the config saved next to the run."""
+    return {
+        "default_root_dir": f"runs/{name}",
+        "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": f"runs/{name}"}},
+        "callbacks": [
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {"save_last": True, "save_top_k": 0},
+            }
+        ],
+    }
+
+
+def build_cli(name: str, args: list[str], *, run: bool = True):
+    """Build (and by default run ``fit`` of) the LightningCLI for registry entry ``name``."""
+    from lightning.pytorch.cli import LightningCLI
+
+    entry = REGISTRY[name]
+
+    class CwpoCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            for source, target in entry.links:
+                parser.link_arguments(source, target)
+            # Defaults given as class_path dicts stay overridable from YAML and the command line.
+            parser.set_defaults({f"trainer.{key}": value for key, value in trainer_defaults(name).items()})
+
+    return CwpoCLI(
+        _load(entry.module),
+        _load(entry.datamodule),
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        args=(["fit", *args] if run else args),
+        run=run,
+        auto_configure_optimizers=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name, rest = split_model_arg(argv)
+    if name is None:
+        print(usage())
+        return 0 if any(a in ("-h", "--help") for a in rest) or not rest else 2
+    if name not in REGISTRY:
+        print(f"error: unknown --model {name!r}; registered: {', '.join(REGISTRY)}", file=sys.stderr)
+        return 2
+    build_cli(name, rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Atomic file writes and stable hashing.
+
+Everything cwpo writes that a later run could mistake for finished work (datasets, caches, reports,
+stage markers) goes through :func:`atomic_path`: it is written under a temporary name in the same folder
+and renamed into place only when complete, so a kill leaves either the old file or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it onto ``path`` if the block ends without error.
+
+    Args:
+        path: the final file (or folder, with ``is_dir=True``).
+        is_dir: the caller writes a folder (e.g. ``Dataset.save_to_disk``) instead of a file.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if is_dir:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        else:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text``, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def stable_hash(obj: Any, *, length: int = 16) -> str:
+    """A hex digest of ``obj`` (JSON-serialisable) that is the same across runs and machines."""
+    payload = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.sha256(payload).hexdigest()[:length]
+
+
+def file_hash(path: str | os.PathLike, *, length: int = 16) -> str:
+    """A hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]

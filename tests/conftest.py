@@ -1,0 +1,26 @@
+"""Test-wide settings: no hub access, deterministic CPU threads, and the path of the shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# The hub is unreachable here and in CI: fail fast instead of retrying downloads.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+HH_HARMLESS_TEST = SHARED / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+
+
+@pytest.fixture(scope="session")
+def hh_harmless_test_path() -> Path:
+    """The real HH-RLHF harmless-base test file, read in place from ../shared."""
+    if not HH_HARMLESS_TEST.exists():
+        pytest.skip(f"real data not present: {HH_HARMLESS_TEST} (a checkout outside the team has no ../shared)")
+    return HH_HARMLESS_TEST
