@@ -1,0 +1,53 @@
+"""Stage caching: finished stages are reused, unfinished ones redone, changed inputs recomputed."""
+
+from __future__ import annotations
+
+import pytest
+
+from cwpo.pipeline.stages import MARKER, StageRunner
+
+
+def _writer(calls: list[str], text: str):
+    def fn(folder):
+        calls.append(text)
+        (folder / "out.txt").write_text(text)
+        return {"text": text}
+
+    return fn
+
+
+def test_same_inputs_run_once_and_reuse_the_folder(tmp_path):
+    calls: list[str] = []
+    first = StageRunner(tmp_path).run("sft", {"lr": 1e-3}, _writer(calls, "a"))
+    second = StageRunner(tmp_path).run("sft", {"lr": 1e-3}, _writer(calls, "b"))
+    assert calls == ["a"]
+    assert (first.cached, second.cached) == (False, True)
+    assert second.path == first.path and second.summary == {"text": "a"}
+    assert (second.path / "out.txt").read_text() == "a"
+
+
+def test_changed_input_gets_a_new_stage(tmp_path):
+    calls: list[str] = []
+    runner = StageRunner(tmp_path)
+    a = runner.run("po", {"beta": 0.1}, _writer(calls, "a"))
+    b = runner.run("po", {"beta": 0.5}, _writer(calls, "b"))
+    assert calls == ["a", "b"] and a.path != b.path
+    assert runner.computed == [f"po/{a.key}", f"po/{b.key}"]
+
+
+def test_interrupted_stage_is_redone_from_scratch(tmp_path):
+    runner = StageRunner(tmp_path)
+
+    def dies(folder):
+        (folder / "partial.bin").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run("annotate", {"n": 3}, dies)
+    folder = tmp_path / "annotate" / runner.key("annotate", {"n": 3})
+    assert (folder / "partial.bin").exists() and not (folder / MARKER).exists()
+
+    calls: list[str] = []
+    result = StageRunner(tmp_path).run("annotate", {"n": 3}, _writer(calls, "full"))
+    assert calls == ["full"] and not result.cached
+    assert not (result.path / "partial.bin").exists()
