@@ -1,0 +1,112 @@
+"""A length-grouped sampler: batches of similar length (less padding), shuffled, deterministic under a seed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import DataLoader, Sampler
+
+from cwpo.errors import ConfigError
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Yield indices so that consecutive ``batch_size`` chunks hold rows of similar length.
+
+    Each epoch: a seeded permutation of all rows is cut into groups of ``batch_size * group_multiplier``;
+    each group is sorted by length (longest first) and cut into batches; the full batches are shuffled (a
+    partial last batch stays last, so a ``DataLoader`` with the same ``batch_size`` cuts exactly these
+    batches). The permutation depends only on ``seed`` and the epoch (:meth:`set_epoch`, which Lightning calls
+    every epoch), so runs are repeatable on any machine (NumPy's PCG64 stream).
+
+    Args:
+        lengths: the padded length each row will need (e.g. prompt + longer response).
+        batch_size: the ``DataLoader``'s batch size.
+        seed: base seed of the permutation.
+        group_multiplier: batches per sorted group: larger groups cut more padding but mix lengths less.
+        group_by_length: ``False`` gives a plain seeded shuffle (same interface).
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        group_multiplier: int = 50,
+        group_by_length: bool = True,
+    ):
+        if batch_size < 1 or group_multiplier < 1:
+            raise ConfigError(f"batch_size and group_multiplier must be >= 1, got {batch_size}, {group_multiplier}")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_multiplier = group_multiplier
+        self.group_by_length = group_by_length
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        if not self.group_by_length:
+            return iter(order.tolist())
+        group = self.batch_size * self.group_multiplier
+        batches = []
+        for start in range(0, len(order), group):
+            members = order[start : start + group]
+            # stable sort, longest first: equal lengths keep the permutation's (seeded) order
+            members = members[np.argsort(-self.lengths[members], kind="stable")]
+            batches.extend(members[i : i + self.batch_size] for i in range(0, len(members), self.batch_size))
+        last = batches.pop() if batches and len(batches[-1]) < self.batch_size else None
+        shuffled = [batches[i] for i in rng.permutation(len(batches))]
+        if last is not None:
+            shuffled.append(last)
+        return iter(np.concatenate(shuffled).tolist() if shuffled else [])
+
+
+class ResumableDataLoader(DataLoader):
+    """A training ``DataLoader`` that Lightning can stop and resume in the middle of an epoch.
+
+    Lightning's fit loop saves ``state_dict()`` of a loader that has one (its ``_Stateful`` protocol) in every
+    checkpoint and hands it back through ``load_state_dict()`` on resume. A plain ``DataLoader`` has none, so a run
+    resumed from a mid-epoch checkpoint starts that epoch's batch order again from its first batch: it trains on
+    the first ``k`` batches twice and never on the last ``k``.
+
+    The state is ``{"epoch", "batches"}``: the sampler's epoch and how many batches this loader has handed out in
+    it. On resume, the same epoch's pass skips that many batches; a saved position of another epoch (one that was
+    finished) is ignored. Skipped batches are drawn and dropped (their rows are read and collated, about a
+    millisecond a batch), which keeps the skip right for any sampler, for Lightning's ``DistributedSamplerWrapper``
+    under DDP (the count is then per rank, which is what each rank skips) and with worker processes.
+    """
+
+    _resume: tuple[int, int] | None = None
+    _position: int = 0
+
+    def _epoch(self) -> int:
+        return int(getattr(self.sampler, "epoch", 0))
+
+    def __iter__(self) -> Iterator:
+        # A generator: its body runs at the first ``next``, after Lightning's ``set_epoch`` for this epoch.
+        start = 0
+        if self._resume is not None:
+            epoch, batches = self._resume
+            self._resume = None
+            if epoch == self._epoch():
+                start = batches
+        self._position = 0
+        for batch in super().__iter__():
+            self._position += 1  # counted before the step runs: a checkpoint at its end has consumed it
+            if self._position > start:
+                yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch(), "batches": self._position}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume = (int(state_dict["epoch"]), int(state_dict["batches"]))

@@ -1,0 +1,389 @@
+"""Tokenising pairs once, for every model: prompt ids, response ids (response-only loss), a token budget.
+
+Output columns (``docs/ARCHITECTURE.md``): ``prompt_ids``, ``chosen_ids``, ``rejected_ids``. Response ids are
+the response tokens only and end with the end token; ``prompt_ids + chosen_ids`` is exactly what the model
+reads. Other columns pass through.
+
+How a prompt becomes text
+    * a message-list prompt goes through ``tokenizer.apply_chat_template(messages, add_generation_prompt=True)``;
+      a tokenizer without a chat template gets the HH-RLHF layout instead
+      (``"\\n\\nHuman: ...\\n\\nAssistant:"``, and a response gets a leading space if it has none);
+    * a text prompt is used as it is, unless ``chat_template_for_text=True`` (then it is one user message).
+    Text produced by a chat template already holds its special tokens (BOS included), so it is tokenised with
+    ``add_special_tokens=False``; a plain text prompt gets the tokenizer's own leading specials (BOS). With a
+    chat template, responses lose leading whitespace (the template ends the prompt with the assistant header).
+
+The prompt/response boundary
+    BPE can merge across the boundary (``"Assistant:" + " Sure"``), so the response is found by tokenising the
+    prompt, then prompt + response, and taking what follows the prompt's tokens. When the prompt's tokens are
+    not a prefix of the joint tokenisation (a merge across the boundary), the response is tokenised on its own
+    and the two id lists are concatenated; the model then reads exactly those ids, so the loss mask stays
+    exact. Such rows are counted as ``boundary_fallback`` in the report's notes (they are kept).
+
+Decoder and encoder tokenizers (``style``)
+    A decoder tokenizer (GPT-2, Llama, SmolLM, the synthetic one) gets ``EOS`` appended to each response. An
+    encoder tokenizer (BERT: ``[CLS] text [SEP]``) is recognised by the special token it appends to every
+    text: the prompt is ``[CLS] prompt [SEP]`` and each response ends with ``[SEP]`` (no EOS exists), which is
+    BERT's own pair layout, for the annotator.
+
+The token budget (``max_length``, paper default 512)
+    ``truncation="drop"`` is the paper's length filter: a pair whose prompt plus longer response is over the
+    budget is dropped and counted (``over_budget``). ``truncation="keep_end"`` keeps the pair: the prompt keeps
+    its *end* (and its leading specials) down to ``min_prompt_tokens``, then responses are cut from the right
+    (a cut response loses its end token: it did not end). A response that would keep zero tokens is dropped
+    and counted (``response_truncated_to_zero``), never kept empty.
+
+Caching
+    With ``cache_dir``, the result is saved under a key of :func:`cwpo.io.stable_hash` over the data's content
+    fingerprint, the tokenizer's identity and these settings, written atomically, and reloaded next time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cwpo.data._progress import quiet_datasets
+from cwpo.data.report import FilterReport
+from cwpo.errors import ConfigError, DataError
+from cwpo.io import atomic_path, stable_hash
+
+logger = logging.getLogger(__name__)
+
+# Bump when the tokenised output changes for the same inputs (invalidates caches).
+TOKENIZE_VERSION = 1
+TRUNCATION_POLICIES = ("drop", "keep_end")
+STYLES = ("auto", "decoder", "encoder")
+_BATCH = 512
+
+
+@dataclass
+class TokenizeConfig:
+    """Settings of :func:`tokenize_pairs`.
+
+    Args:
+        max_length: token budget of prompt + the longer response (paper: 512 HH-RLHF/SHP, 1024 TL;DR,
+            2048 UltraFeedback).
+        truncation: ``"drop"`` (paper's length filter: drop and count over-budget pairs) or ``"keep_end"``
+            (truncate: keep the prompt's end, then cut responses, never to zero tokens).
+        min_prompt_tokens: with ``keep_end``, the prompt keeps at least this many of its last tokens (fewer only
+            when it is shorter) before responses are cut.
+        chat_template_for_text: send text prompts through the chat template as one user message (message-list
+            prompts always go through it). Needs a tokenizer with a chat template.
+        style: ``"auto"``, ``"decoder"`` (EOS ends responses) or ``"encoder"`` (``[SEP]`` ends prompt and responses).
+        eos_token: the token that ends a response in decoder style (default: the tokenizer's EOS; e.g.
+            ``"<|eot_id|>"`` for Llama-3 chat).
+    """
+
+    max_length: int = 512
+    truncation: str = "drop"
+    min_prompt_tokens: int = 64
+    chat_template_for_text: bool = False
+    style: str = "auto"
+    eos_token: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ConfigError(f"max_length must be >= 2, got {self.max_length}")
+        if self.truncation not in TRUNCATION_POLICIES:
+            raise ConfigError(f"truncation must be one of {TRUNCATION_POLICIES}, got {self.truncation!r}")
+        if self.style not in STYLES:
+            raise ConfigError(f"style must be one of {STYLES}, got {self.style!r}")
+        if self.min_prompt_tokens < 1:
+            raise ConfigError(f"min_prompt_tokens must be >= 1, got {self.min_prompt_tokens}")
+
+
+def render_messages_plain(messages: list[dict[str, str]]) -> str:
+    """Messages in the HH-RLHF layout, ending with the assistant turn to answer (no chat template)."""
+    names = {"user": "Human", "assistant": "Assistant"}
+    turns = "".join(f"\n\n{names.get(m['role'], m['role'].capitalize())}: {m['content']}" for m in messages)
+    return turns + "\n\nAssistant:"
+
+
+def _ids(encoding) -> list[list[int]]:
+    return [list(ids) for ids in encoding["input_ids"]]
+
+
+class PairTokenizer:
+    """Tokenises records (prompt + responses) for one tokenizer and :class:`TokenizeConfig`.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer (fast tokenizers are much quicker).
+        config: the settings.
+    """
+
+    def __init__(self, tokenizer, config: TokenizeConfig | None = None):
+        self.tokenizer = tokenizer
+        self.config = config or TokenizeConfig()
+        with_specials = list(tokenizer("a")["input_ids"])
+        without = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+        start = next(
+            (i for i in range(len(with_specials) - len(without) + 1) if with_specials[i : i + len(without)] == without),
+            None,
+        )
+        if start is None:
+            raise ConfigError(f"cannot locate the special tokens {type(tokenizer).__name__} adds to a text")
+        self.prefix_ids = with_specials[:start]
+        self.suffix_ids = with_specials[start + len(without) :]
+        style = self.config.style
+        if style == "auto":
+            style = "encoder" if self.suffix_ids else "decoder"
+        self.style = style
+        if style == "encoder":
+            if not self.suffix_ids:
+                sep = getattr(tokenizer, "sep_token_id", None)
+                if sep is None:
+                    raise ConfigError("encoder style needs a tokenizer that ends texts with a special token ([SEP])")
+                self.suffix_ids = [sep]
+            self.end_ids = list(self.suffix_ids)
+        else:
+            eos = self.config.eos_token
+            eos_id = tokenizer.convert_tokens_to_ids(eos) if eos is not None else tokenizer.eos_token_id
+            if eos_id is None or (eos is not None and eos_id == tokenizer.unk_token_id):
+                raise ConfigError(f"the tokenizer has no end-of-sequence token {eos or ''}; set eos_token")
+            self.end_ids = [eos_id]
+        self.has_template = bool(getattr(tokenizer, "chat_template", None))
+        if self.config.chat_template_for_text and not self.has_template:
+            raise ConfigError("chat_template_for_text=True but the tokenizer has no chat template")
+
+    def prompt_text(self, prompt: str | list[dict[str, str]]) -> tuple[str, bool]:
+        """The prompt as the text the model reads, and whether a chat template produced it."""
+        if isinstance(prompt, str) and not self.config.chat_template_for_text:
+            return prompt, False
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        if self.has_template and self.style == "decoder":
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return text, True
+        return render_messages_plain(messages), False
+
+    def _response_text(self, response: str, templated: bool, plain_from_messages: bool) -> str:
+        if templated:
+            return response.lstrip()
+        if plain_from_messages and response[:1] and not response[:1].isspace():
+            return " " + response
+        return response
+
+    def encode_batch(
+        self, prompts: list, responses: dict[str, list[str]]
+    ) -> tuple[list[list[int]], dict[str, list[list[int]]], int]:
+        """Prompt ids and response ids (with end tokens) of a batch; also how many boundary fallbacks."""
+        tokenizer = self.tokenizer
+        rendered = [self.prompt_text(p) for p in prompts]
+        texts = [text for text, _ in rendered]
+        templated = [flag for _, flag in rendered]
+        from_messages = [not isinstance(p, str) for p in prompts]
+        fallbacks = 0
+        if self.style == "encoder":
+            prompt_ids = _ids(tokenizer(texts, add_special_tokens=True))
+            out = {}
+            for name, values in responses.items():
+                texts_r = [self._response_text(r, False, m) for r, m in zip(values, from_messages, strict=True)]
+                out[name] = [ids + self.end_ids for ids in _ids(tokenizer(texts_r, add_special_tokens=False))]
+            return prompt_ids, out, 0
+        body = _ids(tokenizer(texts, add_special_tokens=False))
+        prompt_ids = [b if t else self.prefix_ids + b for b, t in zip(body, templated, strict=True)]
+        out = {}
+        for name, values in responses.items():
+            texts_r = [
+                self._response_text(r, t, m and not t) for r, t, m in zip(values, templated, from_messages, strict=True)
+            ]
+            joint = _ids(tokenizer([p + r for p, r in zip(texts, texts_r, strict=True)], add_special_tokens=False))
+            ids_r: list[list[int] | None] = []
+            missing = []
+            for i, (p_ids, j_ids) in enumerate(zip(body, joint, strict=True)):
+                if j_ids[: len(p_ids)] == p_ids:
+                    ids_r.append(j_ids[len(p_ids) :])
+                else:
+                    ids_r.append(None)
+                    missing.append(i)
+            if missing:  # a merge across the boundary: tokenise those responses on their own
+                fallbacks += len(missing)
+                alone = _ids(tokenizer([texts_r[i] for i in missing], add_special_tokens=False))
+                for i, ids in zip(missing, alone, strict=True):
+                    ids_r[i] = ids
+            out[name] = [ids if ids[-1:] == self.end_ids else ids + self.end_ids for ids in ids_r]
+        return prompt_ids, out, fallbacks
+
+    def fit_budget(
+        self, prompt_ids: list[int], responses: dict[str, list[int]]
+    ) -> tuple[list[int], dict[str, list[int]], str | None]:
+        """Apply the token budget: ``(prompt_ids, responses, None)``, or a drop reason as the third item."""
+        config = self.config
+        longest = max((len(ids) for ids in responses.values()), default=0)
+        if len(prompt_ids) + longest <= config.max_length:
+            return prompt_ids, responses, None
+        if config.truncation == "drop":
+            return prompt_ids, responses, "over_budget"
+        n_prefix = (
+            0 if not self.prefix_ids or prompt_ids[: len(self.prefix_ids)] != self.prefix_ids else len(self.prefix_ids)
+        )
+        head, body = prompt_ids[:n_prefix], prompt_ids[n_prefix:]
+        budget = config.max_length - len(head)
+        keep = max(min(len(body), budget - longest), min(len(body), config.min_prompt_tokens))
+        body = body[len(body) - keep :] if keep > 0 else []
+        room = budget - len(body)
+        if responses and room < 1:
+            return prompt_ids, responses, "response_truncated_to_zero"
+        if not responses and room < 0:
+            return prompt_ids, responses, "over_budget"
+        return head + body, {name: ids[:room] for name, ids in responses.items()}, None
+
+
+def dataset_fingerprint(dataset) -> str:
+    """A hash of a dataset's content (column types and values, in row order), the same on any machine.
+
+    Values are hashed through their JSON form, not Arrow's buffers: equal tables can differ in buffer layout
+    (a ``select`` then ``flatten_indices`` keeps other offsets and padding than a fresh table).
+    """
+    digest = hashlib.sha256(str(dataset.features).encode())
+    for batch in dataset.iter(batch_size=2048):
+        digest.update(json.dumps(batch, sort_keys=True, ensure_ascii=False, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what decides a tokenizer's output: its model, special tokens and chat template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        model = hashlib.sha256(backend.to_str().encode()).hexdigest()
+    else:
+        model = stable_hash(sorted(tokenizer.get_vocab().items()))
+    return stable_hash(
+        {
+            "class": type(tokenizer).__name__,
+            "model": model,
+            "chat_template": getattr(tokenizer, "chat_template", None),
+            "specials": {
+                name: getattr(tokenizer, name, None)
+                for name in (
+                    "bos_token_id",
+                    "eos_token_id",
+                    "pad_token_id",
+                    "unk_token_id",
+                    "sep_token_id",
+                    "cls_token_id",
+                )
+            },
+            "added": sorted((str(k), int(v)) for k, v in tokenizer.get_added_vocab().items()),
+        }
+    )
+
+
+def _features(dataset, responses: tuple[str, ...]):
+    import datasets
+
+    features = {name: feature for name, feature in dataset.features.items()}
+    ids = datasets.List(datasets.Value("int32"))
+    features["prompt_ids"] = ids
+    for name in responses:
+        features[f"{name}_ids"] = ids
+    return datasets.Features(features)
+
+
+def tokenize_pairs(
+    dataset,
+    tokenizer,
+    config: TokenizeConfig | None = None,
+    *,
+    responses: tuple[str, ...] = ("chosen", "rejected"),
+    cache_dir: str | os.PathLike | None = None,
+    strict: bool = False,
+):
+    """Tokenise a dataset of pairs (or of prompts, with ``responses=()``) under one token budget.
+
+    Args:
+        dataset: records in the schema.
+        tokenizer: a Hugging Face tokenizer.
+        config: budget, truncation, chat-template and style settings.
+        responses: which response columns to tokenise (``("chosen",)`` for SFT, ``()`` for prompts only).
+        cache_dir: save the result here (keyed by data, tokenizer and settings) and reuse it next time.
+        strict: raise :class:`DataError` on rows that would be dropped.
+
+    Returns:
+        The dataset with ``prompt_ids`` and ``<response>_ids`` columns added and dropped rows removed; its
+        :class:`FilterReport` is the loader's report followed by this stage's.
+
+    Raises:
+        DataError: a response column is missing, or no row is left.
+    """
+    import datasets
+
+    config = config or TokenizeConfig()
+    responses = tuple(responses)
+    dataset = dataset.with_format(None)  # python lists, whatever format the caller set
+    missing = [name for name in ("prompt", *responses) if name not in dataset.column_names]
+    if missing:
+        raise DataError(f"cannot tokenise: missing column(s) {missing}; columns present: {dataset.column_names}")
+    cache_file = None
+    if cache_dir is not None:
+        key = stable_hash(
+            {
+                "data": dataset_fingerprint(dataset),
+                "tokenizer": tokenizer_fingerprint(tokenizer),
+                "settings": asdict(config),
+                "responses": responses,
+                "version": TOKENIZE_VERSION,
+            }
+        )
+        cache_file = Path(cache_dir) / f"tokenized-{key}"
+        if (cache_file / "dataset_info.json").is_file():
+            logger.info("tokenised data from cache %s", cache_file)
+            return datasets.load_from_disk(str(cache_file))
+
+    encoder = PairTokenizer(tokenizer, config)
+    report = FilterReport(stage=f"tokenize (max_length={config.max_length}, {config.truncation})", strict=strict)
+    columns: dict[str, list[Any]] = {name: [] for name in _features(dataset, responses)}
+    for start in range(0, len(dataset), _BATCH):
+        batch = dataset[start : start + _BATCH]
+        n = len(batch["prompt"])
+        report.n_read += n
+        for i in range(n):
+            for name in responses:
+                if not isinstance(batch[name][i], str):
+                    raise DataError(
+                        f"{name} is a {type(batch[name][i]).__name__}, expected text",
+                        row=start + i,
+                        record_id=batch["id"][i] if "id" in batch else None,
+                    )
+        prompt_ids, response_ids, fallbacks = encoder.encode_batch(
+            batch["prompt"], {name: batch[name] for name in responses}
+        )
+        report.note("boundary_fallback", fallbacks)
+        for i in range(n):
+            record_id = batch["id"][i] if "id" in batch else None
+            row = start + i
+            texts = [batch[name][i] for name in responses]
+            if any(not isinstance(text, str) or not text.strip() for text in texts):
+                report.drop("empty_response", row=row, record_id=record_id)
+                continue
+            if len(responses) == 2 and texts[0] == texts[1]:
+                report.drop("identical_responses", row=row, record_id=record_id)
+                continue
+            ids = {name: response_ids[name][i] for name in responses}
+            kept_prompt, kept, reason = encoder.fit_budget(prompt_ids[i], ids)
+            if reason is not None:
+                report.drop(reason, row=row, record_id=record_id)
+                continue
+            if kept_prompt != prompt_ids[i] or kept != ids:
+                report.note("truncated")
+            for name in dataset.column_names:
+                columns[name].append(batch[name][i])
+            columns["prompt_ids"].append(kept_prompt)
+            for name in responses:
+                columns[f"{name}_ids"].append(kept[name])
+    report.n_kept = len(columns["prompt_ids"])
+    if report.n_kept == 0:
+        raise DataError(f"no pairs left after tokenisation ({report.summary()})")
+    report.log()
+    tokenized = datasets.Dataset.from_dict(columns, features=_features(dataset, responses))
+    previous = FilterReport.from_dataset(dataset)
+    (previous.merge(report) if previous is not None else report).attach(tokenized)
+    if cache_file is not None:
+        with atomic_path(cache_file, is_dir=True) as tmp, quiet_datasets():
+            tokenized.save_to_disk(str(tmp))
+    return tokenized

@@ -1,0 +1,217 @@
+"""Tokenisation: exact response masks on a real BPE tokenizer, budgets, chat templates, encoders, caching."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+
+from cwpo.data import TokenizeConfig, get_filter_report, load_synthetic, tokenize_pairs
+from cwpo.data.tokenization import PairTokenizer, dataset_fingerprint, render_messages_plain, tokenizer_fingerprint
+from cwpo.errors import ConfigError, DataError
+
+
+def _pairs(rows):
+    return datasets.Dataset.from_list([{"id": f"r{i}", **row} for i, row in enumerate(rows)])
+
+
+def test_response_mask_is_exact_on_real_hh_rows(hh_test, smollm2_tokenizer):
+    """On real HH-RLHF rows, prompt_ids + chosen_ids[:-1] is the tokenisation of prompt + chosen, then EOS."""
+    tok = smollm2_tokenizer
+    rows = hh_test.select(range(120))
+    tokenized = tokenize_pairs(rows, tok)
+    report = get_filter_report(tokenized)
+    # the loader's drops (whole file) and this stage's: one of the first 120 pairs is over 512 tokens (measured)
+    assert report.dropped == {"no_shared_prompt": 5, "empty_response": 4, "over_budget": 1}
+    assert report.notes.get("boundary_fallback", 0) == 0  # "\n\nAssistant:" + " ..." never merges
+    assert len(tokenized) == 119
+    for row in tokenized.select(range(0, 119, 7)):
+        for name in ("chosen", "rejected"):
+            full = tok(row["prompt"] + row[name], add_special_tokens=False)["input_ids"]
+            assert row["prompt_ids"] + row[f"{name}_ids"][:-1] == full
+            assert row[f"{name}_ids"][-1] == tok.eos_token_id
+            assert tok.decode(row[f"{name}_ids"][:-1]) == row[name]
+        assert len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"])) <= 512
+    # the loader's report and this stage's are merged
+    assert report.n_read == 2312 and report.n_kept == 119
+
+
+def test_boundary_merge_falls_back_to_separate_ids(smollm2_tokenizer):
+    """The prompt "Hello wor" + the response "ld" tokenise jointly as [Hello, Ġworld]: the prompt's ids are kept and the response's
+    own ids appended, so the mask still covers exactly the response tokens."""
+    tok = smollm2_tokenizer
+    tokenized = tokenize_pairs(_pairs([{"prompt": "Hello wor", "chosen": "ld", "rejected": " there"}]), tok)
+    row = tokenized[0]
+    assert row["prompt_ids"] == tok("Hello wor", add_special_tokens=False)["input_ids"]
+    assert row["chosen_ids"] == tok("ld", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert row["rejected_ids"] == tok("Hello wor there", add_special_tokens=False)["input_ids"][2:] + [tok.eos_token_id]
+    assert get_filter_report(tokenized).notes == {"boundary_fallback": 1}
+
+
+def test_chat_template_model(smollm2_tokenizer):
+    """Message prompts go through the chat template; prompt + chosen is the templated conversation."""
+    tok = smollm2_tokenizer
+    messages = [{"role": "user", "content": "What is 2 + 2?"}]
+    data = _pairs([{"prompt": messages, "chosen": "4", "rejected": "5, I think."}])
+    row = tokenize_pairs(data, tok)[0]
+    expected_prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert tok.decode(row["prompt_ids"]) == expected_prompt
+    assert expected_prompt.endswith("<|im_start|>assistant\n")
+    conversation = tok.apply_chat_template(messages + [{"role": "assistant", "content": "4"}], tokenize=False)
+    assert tok.decode(row["prompt_ids"] + row["chosen_ids"]) + "\n" == conversation
+    assert row["chosen_ids"][-1] == tok.convert_tokens_to_ids("<|im_end|>") == tok.eos_token_id
+
+
+def test_text_prompt_uses_template_only_when_asked(synthetic_tokenizer):
+    tok = synthetic_tokenizer
+    data = _pairs([{"prompt": "tell me about space ?", "chosen": " orbit moon", "rejected": " steal"}])
+    plain = tokenize_pairs(data, tok, TokenizeConfig(max_length=32))[0]
+    assert tok.convert_ids_to_tokens(plain["prompt_ids"]) == ["<s>", "tell", "me", "about", "space", "?"]
+    assert tok.convert_ids_to_tokens(plain["chosen_ids"]) == ["orbit", "moon", "</s>"]
+    templated = tokenize_pairs(data, tok, TokenizeConfig(max_length=32, chat_template_for_text=True))[0]
+    assert tok.convert_ids_to_tokens(templated["prompt_ids"]) == [
+        "<s>", "<user>", "tell", "me", "about", "space", "?", "</s>", "<assistant>"
+    ]  # fmt: skip
+    assert templated["chosen_ids"] == plain["chosen_ids"]
+
+
+def test_encoder_tokenizer(bert_tokenizer, hh_test):
+    """BERT: [CLS] prompt [SEP] response [SEP], BERT's own pair layout; no EOS exists."""
+    tok = bert_tokenizer
+    encoder = PairTokenizer(tok)
+    assert encoder.style == "encoder" and encoder.end_ids == [tok.sep_token_id]
+    tokenized = tokenize_pairs(hh_test.select(range(40)), tok)
+    for row in tokenized.select(range(0, len(tokenized), 5)):
+        assert row["prompt_ids"][0] == tok.cls_token_id and row["prompt_ids"][-1] == tok.sep_token_id
+        assert row["chosen_ids"][-1] == tok.sep_token_id and tok.cls_token_id not in row["chosen_ids"]
+        assert row["prompt_ids"] + row["chosen_ids"] == tok(row["prompt"], row["chosen"])["input_ids"]
+    # message prompts without a chat template use the HH-RLHF layout
+    data = _pairs([{"prompt": [{"role": "user", "content": "hi"}], "chosen": "hello", "rejected": "go away"}])
+    row = tokenize_pairs(data, tok)[0]
+    assert render_messages_plain([{"role": "user", "content": "hi"}]) == "\n\nHuman: hi\n\nAssistant:"
+    assert tok.decode(row["prompt_ids"]) == "[CLS] human : hi assistant : [SEP]"
+    with pytest.raises(ConfigError, match="no chat template"):
+        PairTokenizer(tok, TokenizeConfig(chat_template_for_text=True))
+
+
+def test_prompt_longer_than_budget(synthetic_tokenizer):
+    """Over budget: dropped by default (the paper's filter); keep_end keeps BOS and the prompt's end."""
+    tok = synthetic_tokenizer
+    long_prompt = " ".join(["so ,"] * 20) + " tell me about music ?"  # 1 BOS + 45 tokens
+    data = _pairs([
+        {"prompt": long_prompt, "chosen": " melody guitar", "rejected": " steal"},
+        {"prompt": "tell me about music ?", "chosen": " song", "rejected": " drum"},
+    ])  # fmt: skip
+    dropped = tokenize_pairs(data, tok, TokenizeConfig(max_length=24))
+    assert dropped["id"] == ["r1"]
+    assert get_filter_report(dropped).dropped == {"over_budget": 1}
+
+    kept = tokenize_pairs(data, tok, TokenizeConfig(max_length=24, truncation="keep_end", min_prompt_tokens=4))
+    row = kept[0]
+    assert len(row["prompt_ids"]) + len(row["chosen_ids"]) == 24
+    tokens = tok.convert_ids_to_tokens(row["prompt_ids"])
+    assert tokens[0] == "<s>" and tokens[-5:] == ["tell", "me", "about", "music", "?"] and len(tokens) == 21
+    assert tok.convert_ids_to_tokens(row["chosen_ids"]) == ["melody", "guitar", "</s>"]  # responses untouched
+    assert get_filter_report(kept).notes == {"truncated": 1}
+
+
+def test_truncation_never_leaves_an_empty_response(synthetic_tokenizer):
+    tok = synthetic_tokenizer
+    data = _pairs([{"prompt": "tell me about music ?", "chosen": " song " * 12, "rejected": " drum"}])
+    # the prompt keeps at least min_prompt_tokens = 5 (+ BOS): one token of room is left for the responses
+    cut = tokenize_pairs(data, tok, TokenizeConfig(max_length=7, truncation="keep_end", min_prompt_tokens=5))[0]
+    assert tok.convert_ids_to_tokens(cut["chosen_ids"]) == ["song"]  # cut: it loses its EOS
+    assert tok.convert_ids_to_tokens(cut["rejected_ids"]) == ["drum"]
+    with pytest.raises(DataError, match="no pairs left"):
+        tokenize_pairs(data, tok, TokenizeConfig(max_length=6, truncation="keep_end", min_prompt_tokens=5))
+    mixed = _pairs([{"prompt": "tell me about music ?", "chosen": " song " * 12, "rejected": " drum"},
+                    {"prompt": "hi ?", "chosen": " song", "rejected": " drum"}])  # fmt: skip
+    result = tokenize_pairs(mixed, tok, TokenizeConfig(max_length=6, truncation="keep_end", min_prompt_tokens=5))
+    assert get_filter_report(result).dropped == {"response_truncated_to_zero": 1}
+
+
+def test_empty_response_and_identical_responses_are_dropped(smollm2_tokenizer):
+    data = _pairs([
+        {"prompt": "Q:", "chosen": "", "rejected": " no"},
+        {"prompt": "Q:", "chosen": " same", "rejected": " same"},
+        {"prompt": "Q:", "chosen": " yes", "rejected": "   "},
+        {"prompt": "Q:", "chosen": " yes", "rejected": " no"},
+    ])  # fmt: skip
+    tokenized = tokenize_pairs(data, smollm2_tokenizer)
+    assert tokenized["id"] == ["r3"]
+    assert get_filter_report(tokenized).dropped == {"empty_response": 2, "identical_responses": 1}
+    with pytest.raises(DataError, match="row 0, id 'r0': empty_response"):
+        tokenize_pairs(data, smollm2_tokenizer, strict=True)
+
+
+def test_prompts_only_and_sft_columns(synthetic_tokenizer):
+    data = load_synthetic(20)
+    prompts = tokenize_pairs(data, synthetic_tokenizer, TokenizeConfig(max_length=32), responses=())
+    assert "chosen_ids" not in prompts.column_names and len(prompts) == 20
+    sft = tokenize_pairs(data, synthetic_tokenizer, TokenizeConfig(max_length=32), responses=("chosen",))
+    assert "rejected_ids" not in sft.column_names and sft["gold_reward_chosen"] == data["gold_reward_chosen"]
+
+
+def test_missing_column_and_wrong_type(synthetic_tokenizer):
+    with pytest.raises(DataError, match="missing column\\(s\\) \\['rejected'\\]"):
+        tokenize_pairs(datasets.Dataset.from_list([{"prompt": "a", "chosen": "b"}]), synthetic_tokenizer)
+    bad = datasets.Dataset.from_list([{"id": "x", "prompt": "a", "chosen": "b", "rejected": None}])
+    with pytest.raises(DataError, match="rejected is a NoneType"):
+        tokenize_pairs(bad, synthetic_tokenizer)
+
+
+def test_cache_hit_and_key(tmp_path, synthetic_tokenizer, monkeypatch):
+    data = load_synthetic(30)
+    config = TokenizeConfig(max_length=32)
+    first = tokenize_pairs(data, synthetic_tokenizer, config, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("tokenized-*"))) == 1
+
+    def fail(*args, **kwargs):
+        raise AssertionError("tokenised again instead of reading the cache")
+
+    monkeypatch.setattr("cwpo.data.tokenization.PairTokenizer.encode_batch", fail)
+    again = tokenize_pairs(data, synthetic_tokenizer, config, cache_dir=tmp_path)
+    assert again.to_list() == first.to_list()
+    assert get_filter_report(again).to_dict() == get_filter_report(first).to_dict()
+    monkeypatch.undo()
+    tokenize_pairs(data, synthetic_tokenizer, TokenizeConfig(max_length=33), cache_dir=tmp_path)
+    tokenize_pairs(data.select(range(29)), synthetic_tokenizer, config, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("tokenized-*"))) == 3
+    assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporary folders
+
+
+def test_fingerprints_are_content_hashes(synthetic_tokenizer, bert_tokenizer):
+    a, b = load_synthetic(10), load_synthetic(10)
+    assert dataset_fingerprint(a) == dataset_fingerprint(b)
+    assert dataset_fingerprint(a.select(range(5))) == dataset_fingerprint(load_synthetic(5))
+    assert dataset_fingerprint(a) != dataset_fingerprint(load_synthetic(10, seed=1))
+    from cwpo.data.synthetic import build_tokenizer
+
+    assert tokenizer_fingerprint(synthetic_tokenizer) == tokenizer_fingerprint(build_tokenizer())
+    assert tokenizer_fingerprint(synthetic_tokenizer) != tokenizer_fingerprint(bert_tokenizer)
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError):
+        TokenizeConfig(truncation="left")
+    with pytest.raises(ConfigError):
+        TokenizeConfig(max_length=1)
+    with pytest.raises(ConfigError):
+        TokenizeConfig(style="seq2seq")
+
+
+def test_keep_end_on_a_real_over_budget_pair(hh_test, smollm2_tokenizer):
+    """The one over-budget pair of the first 120 keeps its prompt's end and both responses under keep_end."""
+    tok = smollm2_tokenizer
+    rows = hh_test.select(range(120))
+    dropped = tokenize_pairs(rows, tok)
+    (over_id,) = set(rows["id"]) - set(dropped["id"])
+    over = rows.select([rows["id"].index(over_id)])
+    config = TokenizeConfig(max_length=512, truncation="keep_end", min_prompt_tokens=64)
+    row = tokenize_pairs(over, tok, config)[0]
+    assert len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"])) == 512
+    assert tok.decode(row["prompt_ids"]).endswith("\n\nAssistant:")
+    full = tok(row["prompt"], add_special_tokens=False)["input_ids"]
+    assert row["prompt_ids"] == full[len(full) - len(row["prompt_ids"]) :]  # the end of the prompt, exactly
+    for name in ("chosen", "rejected"):
+        ids = row[f"{name}_ids"]
+        assert len(ids) >= 1 and tok.decode([i for i in ids if i != tok.eos_token_id]) in row[name]
