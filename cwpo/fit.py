@@ -12,6 +12,7 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 from dataclasses import dataclass, field
@@ -115,6 +116,16 @@ def trainer_defaults(name: str) -> dict:
     }
 
 
+def _plain_value(value):
+    """A linked value as plain data: a parsed dataclass (e.g. ``model.backbone``, a ``ModelSpec``) becomes a dict,
+    so targets typed ``str | dict`` (the datamodules' ``tokenizer``) accept it."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
 def build_cli(name: str, args: list[str], *, run: bool = True):
     """Build (and by default run ``fit`` of) the LightningCLI for registry entry ``name``."""
     from lightning.pytorch.cli import LightningCLI
@@ -124,7 +135,7 @@ def build_cli(name: str, args: list[str], *, run: bool = True):
     class CwpoCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             for source, target in entry.links:
-                parser.link_arguments(source, target)
+                parser.link_arguments(source, target, compute_fn=_plain_value)
             # Defaults given as class_path dicts stay overridable from YAML and the command line.
             parser.set_defaults({f"trainer.{key}": value for key, value in trainer_defaults(name).items()})
 

@@ -215,8 +215,12 @@ def load_sequence_classifier(spec: ModelSpec | str | dict, tokenizer=None, num_l
     return model
 
 
-def apply_lora(model, lora: LoraSpec):
-    """Wrap ``model`` in a PEFT LoRA adapter; only adapter weights stay trainable."""
+def apply_lora(model, lora: LoraSpec, *, autocast_adapter_dtype: bool = True):
+    """Wrap ``model`` in a PEFT LoRA adapter; only adapter weights stay trainable.
+
+    ``autocast_adapter_dtype``: PEFT upcasts bf16/fp16 adapter weights to float32 by replacing the parameters, which
+    breaks parameters partitioned by DeepSpeed ZeRO-3 (pass False there; DeepSpeed keeps float32 master copies).
+    """
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -226,4 +230,4 @@ def apply_lora(model, lora: LoraSpec):
         target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    return get_peft_model(model, config, autocast_adapter_dtype=autocast_adapter_dtype)
