@@ -6,12 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # The hub is unreachable here and in CI: fail fast instead of retrying downloads.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Tests use tiny models: one thread is faster than two (no hand-off cost per small op) and keeps
+# parallel test processes from oversubscribing a 2-core machine.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -1,0 +1,423 @@
+"""Every stage of a CW-PO experiment, cached: annotator → annotate → SFT → PO → generate → judge, per seed.
+
+Stage inputs are the config values that decide a stage's result plus the keys of the stages it reads, so a
+rerun reuses every finished stage, an interrupted run resumes at the stage it stopped in, and changing one
+method's settings reruns only that method's stages (see :mod:`cwpo.pipeline.stages`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cwpo.io import write_json
+from cwpo.models import ModelSpec, as_model_spec
+from cwpo.modules.optim import OptimConfig
+from cwpo.pipeline.config import ExperimentConfig
+from cwpo.pipeline.methods import MethodSpec, parse_method
+from cwpo.pipeline.stages import StageResult, StageRunner
+
+log = logging.getLogger(__name__)
+
+OBJECTIVE_TITLES = {"dpo": "DPO", "ipo": "IPO", "rdpo": "rDPO"}
+
+
+def _plain(value: Any) -> Any:
+    """Config values as JSON-able data (dataclasses to dicts) for stage keys."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _spec(value: Any, seed: int) -> ModelSpec:
+    """The model spec for one seed: its ``seed`` differs per seed, for every backbone, since it seeds both a random
+    initialisation and the init of a LoRA adapter put on the model (pretrained weights load the same for any seed)."""
+    spec = as_model_spec(value if not isinstance(value, dict) else dict(value))
+    return dataclasses.replace(spec, seed=spec.seed + 1000 * seed)
+
+
+def _trainer(folder: Path, epochs: int, extra: dict[str, Any], *, validate: bool = False):
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    settings = {
+        "max_epochs": epochs,
+        "default_root_dir": str(folder),
+        "logger": CSVLogger(str(folder), name="logs", version=0),
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": 10,
+        "deterministic": True,
+        **({} if validate else {"limit_val_batches": 0}),
+        **extra,
+    }
+    return L.Trainer(**settings)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Lightning announces devices and tips at every Trainer; a pipeline of dozens of them should not."""
+    names = ("lightning.pytorch", "lightning.fabric", "lightning")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _metric(trainer, name: str) -> float | None:
+    value = trainer.callback_metrics.get(name)
+    return None if value is None else float(value)
+
+
+class Experiment:
+    """Runs an :class:`ExperimentConfig`; :meth:`run` returns one result row per (method, seed)."""
+
+    def __init__(self, config: ExperimentConfig):
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.stages = StageRunner(self.run_dir)
+        self.methods = [parse_method(name) for name in config.methods]
+
+    # -- data -----------------------------------------------------------------------------------------------
+    @property
+    def _data_inputs(self) -> dict[str, Any]:
+        data = self.config.data
+        return {"dataset": _plain(data.dataset), "split_ratio": data.split_ratio, "max_length": data.max_length}
+
+    def _datamodule(self, cls_name: str, dataset: Any, tokenizer: Any, part: str, seed: int, batch_size: int, **kw):
+        from cwpo.data import datamodules
+
+        data = self.config.data
+        return getattr(datamodules, cls_name)(
+            dataset=dataset,
+            tokenizer=tokenizer,
+            part=part,
+            split_ratio=data.split_ratio,
+            split_seed=seed,
+            max_length=data.max_length,
+            chat_template_for_text=data.chat_template_for_text,
+            batch_size=batch_size,
+            seed=seed,
+            **kw,
+        )
+
+    def _labels(self, source: str, seed: int, weak: StageResult | None, ws: StageResult | None):
+        """``(dataset value, part, key)`` of the labels a label source trains on."""
+        dataset = self.config.data.dataset
+        if source == "human":
+            return dataset, "d_u", {"human": "d_u"}
+        if source == "human_all":
+            return dataset, "train", {"human": "train"}
+        stage = weak if source == "weak" else ws
+        assert stage is not None
+        return str(stage.path / "d_u_labelled.jsonl"), "all", {source: stage.key}
+
+    # -- stage 1 and 2: the weak annotator ------------------------------------------------------------------
+    def annotator(self, seed: int) -> StageResult:
+        weak = self.config.weak
+        inputs = {**self._data_inputs, "seed": seed, "backbone": _plain(weak.backbone), "epochs": weak.epochs,
+                  "batch_size": weak.batch_size, "lr": weak.lr, "trainer": _plain(self.config.trainer)}  # fmt: skip
+
+        def fit(folder: Path) -> dict[str, Any]:
+            import lightning as L
+
+            from cwpo.annotation.loading import export_annotator
+            from cwpo.modules.annotator import AnnotatorModule
+
+            L.seed_everything(seed, workers=True, verbose=False)
+            spec = _spec(weak.backbone, seed)
+            module = AnnotatorModule(spec, optim=OptimConfig(lr=weak.lr, optimizer="adam", scheduler="constant"))
+            data = self._datamodule("PairDataModule", self.config.data.dataset, spec, "d_l", seed, weak.batch_size,
+                                    val_part="holdout", val_fraction=0.1)  # fmt: skip
+            trainer = _trainer(folder, weak.epochs, self.config.trainer, validate=True)
+            start = time.perf_counter()
+            trainer.fit(module, data)
+            seconds = time.perf_counter() - start
+            export_annotator(module, folder / "annotator")
+            return {"val_accuracy": _metric(trainer, "val/accuracy"), "seconds_per_epoch": seconds / weak.epochs}
+
+        return self.stages.run("annotator", inputs, fit)
+
+    def annotate(self, seed: int, annotator: StageResult) -> StageResult:
+        weak = self.config.weak
+        inputs = {**self._data_inputs, "seed": seed, "annotator": annotator.key, "confidence": weak.confidence}
+
+        def label(folder: Path) -> dict[str, Any]:
+            from cwpo.annotation.annotate import annotate_dataset
+
+            result = annotate_dataset(
+                str(annotator.path / "annotator"),
+                self.config.data.dataset,
+                folder / "d_u_labelled.jsonl",
+                part="d_u",
+                split_ratio=self.config.data.split_ratio,
+                split_seed=seed,
+                confidence=weak.confidence,
+                batch_size=64,
+                max_length=self.config.data.max_length,
+                chat_template_for_text=self.config.data.chat_template_for_text,
+                report_dir=folder,
+                progress=False,
+            )
+            return {"n_pairs": result.n_pairs, "agreement": result.agreement,
+                    "pairs_per_second": result.pairs_per_second}  # fmt: skip
+
+        return self.stages.run("annotate", inputs, label)
+
+    # -- WS-DPO: the weak model as a DPO policy, labelling by its implicit reward ---------------------------
+    def ws_labels(self, seed: int) -> StageResult:
+        weak = self.config.weak
+        base = {**self._data_inputs, "seed": seed, "backbone": _plain(weak.backbone), "trainer": _plain(self.config.trainer)}
+        sft = self._sft_stage("ws_sft", base, _spec(weak.backbone, seed), None, self.config.data.dataset, "d_l", seed,
+                              weak.ws_sft_epochs, weak.ws_lr, weak.batch_size)  # fmt: skip
+        policy_inputs = {**base, "sft": sft.key, "epochs": weak.ws_dpo_epochs, "lr": weak.ws_lr, "beta": weak.ws_beta}
+
+        def train_policy(folder: Path) -> dict[str, Any]:
+            self._fit_policy(folder, self._sft_model(sft, weak.backbone, seed), None, MethodSpec("ws", "human"),
+                             self.config.data.dataset, "d_l", seed, epochs=weak.ws_dpo_epochs, lr=weak.ws_lr,
+                             beta=weak.ws_beta, batch_size=weak.batch_size)  # fmt: skip
+            return {}
+
+        policy = self.stages.run("ws_policy", policy_inputs, train_policy)
+
+        def label(folder: Path) -> dict[str, Any]:
+            from cwpo.pipeline.implicit import label_by_implicit_reward
+
+            reference = self._sft_model(sft, weak.backbone, seed)
+            return label_by_implicit_reward(
+                reference, policy.path / "model", self._datamodule("PairDataModule", self.config.data.dataset,
+                reference, "d_u", seed, 64, group_by_length=False), folder, beta=weak.ws_beta,
+                confidence=weak.confidence,
+            )  # fmt: skip
+
+        return self.stages.run("ws_annotate", {**policy_inputs, "policy": policy.key, "confidence": weak.confidence},
+                               label)  # fmt: skip
+
+    # -- stage 3: the strong model --------------------------------------------------------------------------
+    def _sft_stage(self, name, base_inputs, spec, lora, dataset, part, seed, epochs, lr, batch_size) -> StageResult:
+        inputs = {**base_inputs, "lora": _plain(lora), "epochs": epochs, "lr": lr, "batch_size": batch_size}
+
+        def fit(folder: Path) -> dict[str, Any]:
+            import lightning as L
+
+            from cwpo.modules.sft import SFTModule
+
+            L.seed_everything(seed, workers=True, verbose=False)
+            out = folder / ("adapter" if lora is not None else "model")
+            warmup = self.config.strong.warmup_steps
+            module = SFTModule(spec, lora=lora, optim=OptimConfig(lr=lr, warmup_steps=warmup), export_dir=str(out))
+            data = self._datamodule("SFTDataModule", dataset, spec, part, seed, batch_size)
+            trainer = _trainer(folder, epochs, self.config.trainer)
+            trainer.fit(module, data)
+            return {"train_loss": _metric(trainer, "train/loss")}
+
+        return self.stages.run(name, inputs, fit)
+
+    def _sft_model(self, sft: StageResult, backbone: Any, seed: int) -> tuple[ModelSpec, str | None]:
+        """``(spec, init_adapter)`` of an SFT stage's model: a saved full model, or base + SFT adapter."""
+        if (sft.path / "model").exists():
+            # The seed still matters for a saved model: it seeds the PO LoRA adapter's init (build_causal_lm).
+            return ModelSpec(str(sft.path / "model"), seed=seed), None
+        return _spec(backbone, seed), str(sft.path / "adapter")
+
+    def sft(self, seed: int, source: str, labels) -> StageResult:
+        strong = self.config.strong
+        dataset, part, label_key = labels
+        base = {**self._data_inputs, "seed": seed, "backbone": _plain(strong.backbone), "labels": label_key,
+                "trainer": _plain(self.config.trainer)}  # fmt: skip
+        return self._sft_stage("sft", base, _spec(strong.backbone, seed), strong.sft_lora, dataset, part, seed,
+                               strong.sft_epochs, strong.sft_lr, strong.batch_size)  # fmt: skip
+
+    def _fit_policy(self, folder, model, lora, method, dataset, part, seed, *, epochs, lr, beta, batch_size):
+        import lightning as L
+
+        from cwpo.modules.policy import PolicyModule
+
+        L.seed_everything(seed, workers=True, verbose=False)
+        spec, init_adapter = model
+        strong = self.config.strong
+        if lora is None:
+            reference = "separate" if strong.reference == "adapter_disabled" else strong.reference
+        else:
+            reference = strong.reference
+        module = PolicyModule(
+            spec,
+            lora=lora,
+            optim=OptimConfig(lr=lr, warmup_steps=strong.warmup_steps),
+            objective=method.objective,
+            beta=beta,
+            tau=strong.tau,
+            epsilon=strong.epsilon,
+            weighting=method.weighting,
+            top_n_fraction=method.top_n_fraction,
+            reference=reference,
+            reference_cache_dir=str(folder / "reference_cache"),
+            init_adapter=init_adapter,
+            export_dir=str(folder / ("adapter" if lora is not None else "model")),
+        )
+        data = self._datamodule("PairDataModule", dataset, spec, part, seed, batch_size)
+        trainer = _trainer(folder, epochs, self.config.trainer)
+        trainer.fit(module, data)
+        return trainer
+
+    def po(self, seed: int, method: MethodSpec, sft: StageResult, labels) -> StageResult:
+        strong = self.config.strong
+        dataset, part, label_key = labels
+        inputs = {**self._data_inputs, "seed": seed, "sft": sft.key, "labels": label_key,
+                  "method": _plain(method) | {"name": None}, "lora": _plain(strong.po_lora), "epochs": strong.po_epochs,
+                  "lr": strong.po_lr, "beta": strong.beta, "tau": strong.tau, "epsilon": strong.epsilon,
+                  "reference": strong.reference, "batch_size": strong.batch_size, "trainer": _plain(self.config.trainer)}  # fmt: skip
+
+        def fit(folder: Path) -> dict[str, Any]:
+            labels_path = dataset
+            if method.weighting == "confidence" and method.scheme != self.config.weak.confidence:
+                labels_path = str(_rescheme(Path(dataset), folder / "labels.jsonl", method.scheme))
+            trainer = self._fit_policy(folder, self._sft_model(sft, strong.backbone, seed), strong.po_lora, method,
+                                       labels_path, part, seed, epochs=strong.po_epochs, lr=strong.po_lr,
+                                       beta=strong.beta, batch_size=strong.batch_size)  # fmt: skip
+            return {"train_loss": _metric(trainer, "train/loss"), "reward_accuracy": _metric(trainer, "rewards/accuracies")}
+
+        return self.stages.run("po", inputs, fit)
+
+    # -- evaluation -----------------------------------------------------------------------------------------
+    def _test_prompts(self) -> list[Any]:
+        from cwpo.data import load_part
+
+        test = load_part(self.config.data.dataset, "test")
+        n = self.config.data.test_prompts
+        prompts = test["prompt"]
+        return list(prompts if n is None else prompts[:n])
+
+    def generate(self, seed: int, model_stage: StageResult, model: tuple[ModelSpec, str | None], adapter: str | None):
+        ev = self.config.eval
+        inputs = {"model": model_stage.key, "seed": seed, "eval": _plain(ev) | {"judge": None},
+                  "data": self._data_inputs, "test_prompts": self.config.data.test_prompts}  # fmt: skip
+
+        def run(folder: Path) -> dict[str, Any]:
+            from cwpo.evaluation.generate import GenerationConfig, default_trainer, generate
+            from cwpo.models import load_tokenizer
+            from cwpo.modules.export import merge_adapter
+            from cwpo.modules.sft import build_causal_lm
+
+            spec, init_adapter = model
+            lm = build_causal_lm(spec, init_adapter=init_adapter, trainable=False)
+            if adapter is not None:
+                lm = merge_adapter(lm, adapter)
+            config = GenerationConfig(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, top_p=ev.top_p,
+                                      seed=seed, batch_size=ev.batch_size, progress=False,
+                                      chat_template_for_text=self.config.data.chat_template_for_text)  # fmt: skip
+            trainer = default_trainer(**self.config.trainer)
+            records = generate(lm, load_tokenizer(spec), self._test_prompts(), config, trainer=trainer,
+                               output_path=folder / "generations.jsonl")  # fmt: skip
+            return {"n": len(records), "mean_new_tokens": sum(r["n_new_tokens"] for r in records) / max(len(records), 1)}
+
+        return self.stages.run("generate", inputs, run)
+
+    def _judge(self):
+        if not hasattr(self, "_judge_cache"):
+            from cwpo.evaluation.judges import load_judge
+
+            judge = dict(self.config.eval.judge)
+            self._judge_cache = load_judge(judge.pop("kind"), judge.pop("spec", None), **judge)
+        return self._judge_cache
+
+    def gra(self, aligned: StageResult, sft: StageResult) -> dict[str, Any]:
+        from cwpo.evaluation.metrics import evaluate_gra
+
+        def read(stage: StageResult) -> list[dict[str, Any]]:
+            lines = (stage.path / "generations.jsonl").read_text().splitlines()
+            return sorted((json.loads(line) for line in lines if line), key=lambda r: r["index"])
+
+        aligned_rows, sft_rows = read(aligned), read(sft)
+        prompts = [row["prompt"] for row in aligned_rows]
+        result = evaluate_gra(self._judge(), prompts, [r["response"] for r in aligned_rows],
+                              [r["response"] for r in sft_rows])  # fmt: skip
+        return {"gra": result.gra, "ties": result.ties, "gra_se": result.se, "n": result.n}
+
+    # -- everything -----------------------------------------------------------------------------------------
+    def run(self) -> list[dict[str, Any]]:
+        if self.config.torch_threads is not None:
+            torch.set_num_threads(self.config.torch_threads)
+        rows = []
+        sources = {m.labels for m in self.methods}
+        with _quiet():
+            for seed in self.config.seeds:
+                weak = ws = None
+                annotator_summary: dict[str, Any] = {}
+                if "weak" in sources:
+                    annotator = self.annotator(seed)
+                    weak = self.annotate(seed, annotator)
+                    annotator_summary = {"annotator_val_accuracy": annotator.summary.get("val_accuracy"),
+                                         "weak_label_agreement": weak.summary.get("agreement")}  # fmt: skip
+                if "ws" in sources:
+                    ws = self.ws_labels(seed)
+                sft_stages, sft_generations = {}, {}
+                for source in sorted(sources):
+                    labels = self._labels(source, seed, weak, ws)
+                    sft = self.sft(seed, source, labels)
+                    sft_stages[source] = sft
+                    sft_generations[source] = self.generate(seed, sft, self._sft_model(sft, self.config.strong.backbone, seed), None)
+                for method in self.methods:
+                    labels = self._labels(method.labels, seed, weak, ws)
+                    sft = sft_stages[method.labels]
+                    po = self.po(seed, method, sft, labels)
+                    adapter = str(po.path / "adapter") if (po.path / "adapter").exists() else None
+                    model = self._sft_model(sft, self.config.strong.backbone, seed)
+                    if adapter is None:
+                        model = (ModelSpec(str(po.path / "model")), None)
+                    generation = self.generate(seed, po, model, adapter)
+                    family, objective = method_family(method)
+                    rows.append({"method": family, "objective": objective, "name": method.name, "seed": seed,
+                                 **self.gra(generation, sft_generations[method.labels]), **annotator_summary})  # fmt: skip
+        write_json(self.run_dir / "rows.json", rows)
+        return rows
+
+
+def method_family(method: MethodSpec) -> tuple[str, str]:
+    """The row and column of a method in the Table-1-style report."""
+    objective = OBJECTIVE_TITLES[method.objective]
+    if method.labels == "human":
+        return "Human", objective
+    if method.labels == "human_all":
+        return "Human (100 %)", objective
+    if method.labels == "ws":
+        return "WS-DPO", objective
+    if method.weighting == "confidence":
+        return ("CW-PO" if method.scheme == "cw" else f"CW-PO ({method.scheme})"), objective
+    if method.weighting == "top_n":
+        return f"Top-{round(100 * method.top_n_fraction)} %", objective
+    return "Weak (c = 1)", objective
+
+
+def _rescheme(source: Path, target: Path, scheme: str) -> Path:
+    """A copy of a labelled file with its confidence recomputed from the weak scores under another scheme."""
+    from cwpo.data.files import iter_rows, save_pairs
+    from cwpo.losses import confidence_from_margin
+
+    records = [row for _, row in iter_rows(source)]
+    margins = torch.tensor([r["weak_score_chosen"] - r["weak_score_rejected"] for r in records], dtype=torch.float64)
+    for record, value in zip(records, confidence_from_margin(margins, scheme).tolist(), strict=True):
+        record["confidence"] = float(value)
+    from datasets import Dataset
+
+    save_pairs(Dataset.from_list(records), target)
+    return target

@@ -1,0 +1,79 @@
+"""WS-DPO's labels (Tao & Li, Eq. 17 of CW-PO): the weak DPO policy's implicit reward orders D_U.
+
+``r(x, y) = β (log π_weak(y|x) − log π_weak_ref(y|x))``; the higher-reward response becomes ``chosen`` and the
+confidence comes from the reward margin, written with the same columns as the BT annotator's output
+(:func:`cwpo.annotation.labels.label_pairs`), so every later stage treats both alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cwpo.models import ModelSpec
+
+
+def _logps_table(model, datamodule) -> torch.Tensor:
+    """``(n, 2)`` summed response log-probs of each pair's (chosen, rejected) under ``model``."""
+    from cwpo.modules.policy import pair_logps
+    from cwpo.modules.reference import collect_by_index, length_sorted_loader
+
+    loader = length_sorted_loader(datamodule.train_dataloader(), batch_size=64)
+
+    def values(batch):
+        out = pair_logps(model, batch)
+        return torch.stack([out.chosen_logps, out.rejected_logps], dim=1)
+
+    return collect_by_index(loader, values, len(loader.dataset))
+
+
+def label_by_implicit_reward(
+    reference: tuple[ModelSpec, str | None],
+    policy_dir: str | Path,
+    datamodule,
+    out_dir: str | Path,
+    *,
+    beta: float,
+    confidence: str = "cw",
+) -> dict[str, Any]:
+    """Label the datamodule's training part by the weak policy's implicit reward; write ``d_u_labelled.jsonl``.
+
+    Args:
+        reference: ``(spec, init_adapter)`` of the weak reference (the weak SFT model).
+        policy_dir: the weak DPO policy: a full model folder, or an adapter folder on top of ``reference``.
+        datamodule: a :class:`cwpo.data.PairDataModule` over D_U (not shuffled).
+        out_dir: where the labelled pairs and the agreement report go.
+        beta: the weak policy's β (the reward's scale, so the confidence scheme sees real margins).
+        confidence: confidence scheme of the margins (default Eq. 8).
+    """
+    from datasets import Dataset
+
+    from cwpo.annotation.labels import label_pairs
+    from cwpo.annotation.report import write_report
+    from cwpo.data.files import save_pairs
+    from cwpo.modules.export import merge_adapter
+    from cwpo.modules.sft import build_causal_lm
+
+    spec, init_adapter = reference
+    policy_dir = Path(policy_dir)
+    datamodule.setup("fit")
+    ref_model = build_causal_lm(spec, init_adapter=init_adapter, trainable=False)
+    ref = _logps_table(ref_model, datamodule)
+    del ref_model
+    if (policy_dir / "adapter_config.json").exists():
+        policy_model = merge_adapter(build_causal_lm(spec, init_adapter=init_adapter, trainable=False), str(policy_dir))
+    else:
+        policy_model = build_causal_lm(ModelSpec(str(policy_dir)), trainable=False)
+    policy = _logps_table(policy_model, datamodule)
+    rewards = beta * (policy - ref)
+
+    dataset = datamodule.train_dataset
+    keep = [c for c in dataset.column_names if not c.endswith("_ids") and c not in ("index",)]
+    records = [{k: row[k] for k in keep} for row in dataset]
+    labelled = label_pairs(records, [(float(a), float(b)) for a, b in rewards.tolist()], confidence=confidence)
+    out_dir = Path(out_dir)
+    save_pairs(Dataset.from_list(labelled), out_dir / "d_u_labelled.jsonl")
+    report = write_report(labelled, out_dir, title="WS-DPO weak policy (implicit reward)")
+    return {"n_pairs": len(labelled), "agreement": report.get("accuracy")}

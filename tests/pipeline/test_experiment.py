@@ -1,0 +1,72 @@
+"""The pipeline end to end on a micro synthetic experiment: it finishes, resumes after a crash without redoing
+finished stages, and a change to one method reruns only that method's stages."""
+
+from __future__ import annotations
+
+import pytest
+
+from cwpo.pipeline import experiment as experiment_module
+from cwpo.pipeline.config import DataConfig, EvalConfig, ExperimentConfig, StrongConfig, WeakConfig
+from cwpo.pipeline.experiment import Experiment, method_family
+from cwpo.pipeline.methods import parse_method
+
+pytestmark = pytest.mark.slow
+
+
+def micro_config(run_dir, methods) -> ExperimentConfig:
+    return ExperimentConfig(
+        name="micro",
+        run_dir=str(run_dir),
+        seeds=[0],
+        methods=list(methods),
+        data=DataConfig(dataset={"name": "synthetic", "args": {"n_pairs": 240, "n_test_pairs": 12}}, test_prompts=12),
+        weak=WeakConfig(epochs=1, ws_sft_epochs=1, ws_dpo_epochs=1),
+        strong=StrongConfig(sft_epochs=1, po_epochs=1),
+        eval=EvalConfig(max_new_tokens=6),
+    )
+
+
+def stage_names(labels: list[str]) -> list[str]:
+    return [label.split("/")[0] for label in labels]
+
+
+def test_crash_after_sft_resumes_there_and_one_changed_method_reruns_alone(tmp_path, monkeypatch):
+    config = micro_config(tmp_path, ["cw-dpo", "top-30"])
+
+    # 1. Crash in the first preference-optimisation stage: everything before it has finished.
+    real_po = Experiment.po
+
+    def crash(self, *args, **kwargs):
+        raise RuntimeError("killed during PO")
+
+    monkeypatch.setattr(Experiment, "po", crash)
+    first = Experiment(config)
+    with pytest.raises(RuntimeError, match="killed during PO"):
+        first.run()
+    assert stage_names(first.stages.computed) == ["annotator", "annotate", "sft", "generate"]
+
+    # 2. The rerun reuses every finished stage and does only what was left.
+    monkeypatch.setattr(Experiment, "po", real_po)
+    second = Experiment(config)
+    rows = second.run()
+    assert stage_names(second.stages.reused) == ["annotator", "annotate", "sft", "generate"]
+    assert stage_names(second.stages.computed) == ["po", "generate", "po", "generate"]
+    assert [(r["method"], r["objective"]) for r in rows] == [("CW-PO", "DPO"), ("Top-30 %", "DPO")]
+    for row in rows:
+        assert row["n"] == 12 and 0.0 <= row["gra"] <= 100.0 and row["gra"] + row["ties"] <= 100.0
+
+    # 3. Changing one method (top-30 -> top-40) reruns only that method's PO and generation.
+    third = Experiment(micro_config(tmp_path, ["cw-dpo", "top-40"]))
+    third.run()
+    assert stage_names(third.stages.computed) == ["po", "generate"]
+    assert len(third.stages.reused) == 6
+
+
+def test_methods_land_in_their_table_cells():
+    assert method_family(parse_method("human")) == ("Human", "DPO")
+    assert method_family(parse_method("ws-dpo")) == ("WS-DPO", "DPO")
+    assert method_family(parse_method("cw-rdpo")) == ("CW-PO", "rDPO")
+    assert method_family(parse_method("cw-ipo@rank")) == ("CW-PO (rank)", "IPO")
+    assert method_family(parse_method("ipo")) == ("Weak (c = 1)", "IPO")
+    assert method_family(parse_method("top-30")) == ("Top-30 %", "DPO")
+    assert experiment_module.OBJECTIVE_TITLES["rdpo"] == "rDPO"
