@@ -110,9 +110,9 @@ class StrongConfig:
     sft_epochs: int = 4
     sft_lr: float = 3e-3
     po_epochs: int = 2
-    po_lr: float = 2e-3
+    po_lr: float = 5e-4
     batch_size: int = 32
-    beta: float = 0.1
+    beta: float = 0.5
     tau: float = 0.5
     epsilon: float = 0.1
     reference: str = "precomputed"

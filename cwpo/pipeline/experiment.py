@@ -203,11 +203,10 @@ class Experiment:
             from cwpo.pipeline.implicit import label_by_implicit_reward
 
             reference = self._sft_model(sft, weak.backbone, seed)
-            return label_by_implicit_reward(
-                reference, policy.path / "model", self._datamodule("PairDataModule", self.config.data.dataset,
-                reference, "d_u", seed, 64, group_by_length=False), folder, beta=weak.ws_beta,
-                confidence=weak.confidence,
-            )  # fmt: skip
+            d_u = self._datamodule("PairDataModule", self.config.data.dataset, reference[0], "d_u", seed, 64,
+                                   group_by_length=False)  # fmt: skip
+            return label_by_implicit_reward(reference, policy.path / "model", d_u, folder, beta=weak.ws_beta,
+                                            confidence=weak.confidence)  # fmt: skip
 
         return self.stages.run("ws_annotate", {**policy_inputs, "policy": policy.key, "confidence": weak.confidence},
                                label)  # fmt: skip

@@ -31,7 +31,7 @@ def stage_names(labels: list[str]) -> list[str]:
 
 
 def test_crash_after_sft_resumes_there_and_one_changed_method_reruns_alone(tmp_path, monkeypatch):
-    config = micro_config(tmp_path, ["cw-dpo", "top-30"])
+    config = micro_config(tmp_path, ["cw-dpo", "ws-dpo", "top-30"])
 
     # 1. Crash in the first preference-optimisation stage: everything before it has finished.
     real_po = Experiment.po
@@ -43,23 +43,24 @@ def test_crash_after_sft_resumes_there_and_one_changed_method_reruns_alone(tmp_p
     first = Experiment(config)
     with pytest.raises(RuntimeError, match="killed during PO"):
         first.run()
-    assert stage_names(first.stages.computed) == ["annotator", "annotate", "sft", "generate"]
+    finished = ["annotator", "annotate", "ws_sft", "ws_policy", "ws_annotate", "sft", "generate", "sft", "generate"]
+    assert stage_names(first.stages.computed) == finished
 
     # 2. The rerun reuses every finished stage and does only what was left.
     monkeypatch.setattr(Experiment, "po", real_po)
     second = Experiment(config)
     rows = second.run()
-    assert stage_names(second.stages.reused) == ["annotator", "annotate", "sft", "generate"]
-    assert stage_names(second.stages.computed) == ["po", "generate", "po", "generate"]
-    assert [(r["method"], r["objective"]) for r in rows] == [("CW-PO", "DPO"), ("Top-30 %", "DPO")]
+    assert stage_names(second.stages.reused) == finished
+    assert stage_names(second.stages.computed) == ["po", "generate"] * 3
+    assert [(r["method"], r["objective"]) for r in rows] == [("CW-PO", "DPO"), ("WS-DPO", "DPO"), ("Top-30 %", "DPO")]
     for row in rows:
         assert row["n"] == 12 and 0.0 <= row["gra"] <= 100.0 and row["gra"] + row["ties"] <= 100.0
 
     # 3. Changing one method (top-30 -> top-40) reruns only that method's PO and generation.
-    third = Experiment(micro_config(tmp_path, ["cw-dpo", "top-40"]))
+    third = Experiment(micro_config(tmp_path, ["cw-dpo", "ws-dpo", "top-40"]))
     third.run()
     assert stage_names(third.stages.computed) == ["po", "generate"]
-    assert len(third.stages.reused) == 6
+    assert len(third.stages.reused) == len(finished) + 4
 
 
 def test_methods_land_in_their_table_cells():
