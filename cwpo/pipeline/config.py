@@ -46,7 +46,7 @@ class DataConfig:
         chat_template_for_text: send text prompts through the tokenizer's chat template.
     """
 
-    dataset: Any = field(default_factory=lambda: {"name": "synthetic", "args": {"n_pairs": 3000}})
+    dataset: Any = field(default_factory=lambda: {"name": "synthetic", "args": {"n_pairs": 2400}})
     split_ratio: float = 0.3
     max_length: int = 64
     test_prompts: int | None = 200
