@@ -245,10 +245,14 @@ class PreferenceDataModule(L.LightningDataModule):
         rows = _Rows(dataset, self._columns(dataset))
         sampler = None
         if train:
+            # Under DDP each rank serves its share of every global batch (see LengthGroupedSampler).
+            trainer = self.trainer
             sampler = LengthGroupedSampler(
-                self.row_lengths(dataset), self.batch_size, seed=self.seed, group_by_length=self.group_by_length
-            )
-        # The training loader resumes mid-epoch: Lightning saves and restores its position (ResumableDataLoader).
+                self.row_lengths(dataset), self.batch_size, seed=self.seed, group_by_length=self.group_by_length,
+                num_replicas=trainer.world_size if trainer is not None else 1,
+                rank=trainer.global_rank if trainer is not None else 0,
+            )  # fmt: skip
+        # The training loader resumes mid-epoch: its position is saved and restored (ResumableDataLoader).
         return (ResumableDataLoader if train else DataLoader)(
             rows,
             batch_size=self.batch_size if train else self.eval_batch_size,
