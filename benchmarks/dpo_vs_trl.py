@@ -177,20 +177,22 @@ def child_trl(args) -> dict:
     original_precompute = DPOTrainer._precompute_ref_logps
 
     def timed_precompute(self, *a, **kw):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         try:
             return original_precompute(self, *a, **kw)
         finally:
             timings["precompute_s"] = timings.get("precompute_s", 0.0) + time.perf_counter() - start
+            timings["precompute_cpu_s"] = timings.get("precompute_cpu_s", 0.0) + time.process_time() - start_cpu
 
     DPOTrainer._precompute_ref_logps = timed_precompute
 
     class Timer(TrainerCallback):
         def on_train_begin(self, *a, **kw):
-            timings["train_start"] = time.perf_counter()
+            timings["train_start"], timings["train_start_cpu"] = time.perf_counter(), time.process_time()
 
         def on_train_end(self, *a, **kw):
             timings["train_s"] = time.perf_counter() - timings["train_start"]
+            timings["train_cpu_s"] = time.process_time() - timings["train_start_cpu"]
 
     tokenizer = AutoTokenizer.from_pretrained(args.weights_dir)
     records = _load_records(args.pairs_file).select_columns(["prompt", "chosen", "rejected"])
@@ -282,6 +284,8 @@ def child_trl(args) -> dict:
         "epochs": args.epochs,
         "train_s": timings["train_s"],
         "precompute_s": timings.get("precompute_s", 0.0),
+        "train_cpu_s": timings["train_cpu_s"],
+        "precompute_cpu_s": timings.get("precompute_cpu_s", 0.0),
         "tokens": counting.totals.get("train", {}),
         "ids_digest": _ids_digest(truncated),
         "pair_tokens": sum(2 * len(p) + len(c) + len(r) for p, c, r in truncated),
@@ -394,16 +398,18 @@ def child_cwpo(args) -> dict:
 
     class Timer(L.Callback):
         def on_fit_start(self, trainer, pl_module):
-            timings["fit_start"] = time.perf_counter()
+            timings["fit_start"], timings["fit_start_cpu"] = time.perf_counter(), time.process_time()
 
         def on_train_start(self, trainer, pl_module):
             # The module's own on_fit_start (after this callback's) ran the reference precompute.
-            timings["train_start"] = time.perf_counter()
+            timings["train_start"], timings["train_start_cpu"] = time.perf_counter(), time.process_time()
             timings["precompute_s"] = timings["train_start"] - timings["fit_start"]
+            timings["precompute_cpu_s"] = timings["train_start_cpu"] - timings["fit_start_cpu"]
             datamodule._counting.phase = "train"
 
         def on_train_end(self, trainer, pl_module):
             timings["train_s"] = time.perf_counter() - timings["train_start"]
+            timings["train_cpu_s"] = time.process_time() - timings["train_start_cpu"]
 
     profiler = None
     if args.profile:
@@ -457,6 +463,8 @@ def child_cwpo(args) -> dict:
         "epochs": args.epochs,
         "train_s": timings["train_s"],
         "precompute_s": timings["precompute_s"] if switches["reference"] == "precomputed" else 0.0,
+        "train_cpu_s": timings["train_cpu_s"],
+        "precompute_cpu_s": timings["precompute_cpu_s"] if switches["reference"] == "precomputed" else 0.0,
         "tokens": datamodule._counting.totals.get("train", {}),
         "ids_digest": _ids_digest(truncated),
         "pair_tokens": sum(2 * len(p) + len(c) + len(r) for p, c, r in truncated),
@@ -550,6 +558,9 @@ def _rates(result: dict) -> dict:
         "pairs_per_s": trained / total,
         "pairs_per_s_train_only": trained / result["train_s"],
         "tokens_per_s": result["tokens"].get("real_tokens", 0) / total,
+        # pairs per CPU-second (all threads): far less sensitive than wall time to other jobs on the machine
+        "pairs_per_cpu_s": trained
+        / (result.get("train_cpu_s", 0.0) + result.get("precompute_cpu_s", 0.0) or float("nan")),
     }
 
 
@@ -561,11 +572,12 @@ def report(results: list[dict], prep: dict, args) -> str:
     cwpo_main = [r for r in results if r["system"] == "cwpo" and r["variant"] == "all-on"]
     header = (
         f"{'run':<4} {'system':<26} {'pairs/s':>8} {'pairs/s':>8} {'tok/s':>7} {'peak RSS':>9} "
-        f"{'step-0 logp':>12} {'step-0 logp':>12} {'real tok':>9} {'fed tok':>8} {'padded':>8} {'precomp':>8} {'train':>7}"
+        f"{'step-0 logp':>12} {'step-0 logp':>12} {'real tok':>9} {'fed tok':>8} {'padded':>8} {'precomp':>8} {'train':>7} "
+        f"{'pairs/':>7}"
     )
     sub = (
         f"{'':<4} {'':<26} {'(+ref)':>8} {'(train)':>8} {'':>7} {'MB':>9} "
-        f"{'chosen':>12} {'rejected':>12} {'/epoch':>9} {'/epoch':>8} {'/epoch':>8} {'s':>8} {'s':>7}"
+        f"{'chosen':>12} {'rejected':>12} {'/epoch':>9} {'/epoch':>8} {'/epoch':>8} {'s':>8} {'s':>7} {'CPU-s':>7}"
     )
     lines += [header, sub, "-" * len(header)]
     for i, r in enumerate(results):
@@ -575,15 +587,34 @@ def report(results: list[dict], prep: dict, args) -> str:
             f"{r['tokens_per_s']:>7.1f} {r['peak_rss_mb']:>9.0f} {r['step0_chosen_logps']:>12.4f} "
             f"{r['step0_rejected_logps']:>12.4f} {tokens.get('real_tokens', 0) // r['epochs']:>9} "
             f"{tokens.get('fed_tokens', 0) // r['epochs']:>8} {tokens.get('padded_tokens', 0) // r['epochs']:>8} "
-            f"{r['precompute_s']:>8.1f} {r['train_s']:>7.1f}"
+            f"{r['precompute_s']:>8.1f} {r['train_s']:>7.1f} {r['pairs_per_cpu_s']:>7.4f}"
         )
     lines.append("")
     if trl and cwpo_main:
+        # Paired ratios: each TRL run against the cwpo all-on run(s) next to it in the alternating schedule, so a
+        # change of machine load between runs (other jobs on a shared machine) moves both sides of a ratio alike.
+        paired = []
+        for i, r in enumerate(results):
+            if r["system"] != "trl":
+                continue
+            neighbours = [results[j] for j in (i - 1, i + 1) if 0 <= j < len(results)
+                          and results[j]["system"] == "cwpo" and results[j]["variant"] == "all-on"]  # fmt: skip
+            if not neighbours:
+                continue
+            rate = statistics.mean(n["pairs_per_s"] for n in neighbours)
+            rate_train = statistics.mean(n["pairs_per_s_train_only"] for n in neighbours)
+            paired.append((i, r, rate / r["pairs_per_s"], rate_train / r["pairs_per_s_train_only"], neighbours))
         best = max(trl, key=lambda r: r["pairs_per_s"])
         cwpo_rate = statistics.mean(r["pairs_per_s"] for r in cwpo_main)
         cwpo_rate_train = statistics.mean(r["pairs_per_s_train_only"] for r in cwpo_main)
         cwpo_rss = max(r["peak_rss_mb"] for r in cwpo_main)
-        ratio = cwpo_rate / best["pairs_per_s"]
+        lines.append("paired ratios, cwpo all-on / TRL (each TRL run against the cwpo all-on run(s) beside it):")
+        for i, r, ratio, ratio_train, neighbours in paired:
+            runs = ", ".join(str(results.index(n)) for n in neighbours)
+            lines.append(f"  run {i} trl {r['variant']:<16} vs run(s) {runs}: {ratio:.2f}x with precompute, "
+                         f"{ratio_train:.2f}x train only")  # fmt: skip
+        best_paired = next((p for p in paired if p[1] is best), None)
+        ratio = best_paired[2] if best_paired else cwpo_rate / best["pairs_per_s"]
         lines.append(
             f"best TRL run: {best['variant']} ({best['pairs_per_s']:.3f} pairs/s with its precompute, "
             f"{best['pairs_per_s_train_only']:.3f} without; peak RSS {best['peak_rss_mb']:.0f} MB)"
@@ -593,10 +624,18 @@ def report(results: list[dict], prep: dict, args) -> str:
             f"{cwpo_rate_train:.3f} without; peak RSS up to {cwpo_rss:.0f} MB"
         )
         lines.append(
-            f"ratio cwpo/TRL-best: pairs/s {ratio:.2f}x (with precompute), "
-            f"{cwpo_rate_train / best['pairs_per_s_train_only']:.2f}x (train only); "
-            f"peak RSS {cwpo_rss / best['peak_rss_mb']:.2f}x; vs lowest-memory TRL run "
-            f"{cwpo_rss / min(r['peak_rss_mb'] for r in trl):.2f}x"
+            f"ratio cwpo/TRL-best (paired): pairs/s {ratio:.2f}x with precompute"
+            + (f", {best_paired[3]:.2f}x train only" if best_paired else "")
+            + f"; lowest paired ratio over TRL configs {min(p[2] for p in paired):.2f}x; unpaired (mean of all cwpo "
+            f"all-on runs / best TRL run) {cwpo_rate / best['pairs_per_s']:.2f}x; peak RSS "
+            f"{cwpo_rss / best['peak_rss_mb']:.2f}x of best TRL's, {cwpo_rss / min(r['peak_rss_mb'] for r in trl):.2f}x "
+            "of the lowest-memory TRL run's"
+        )
+        cpu_rate = statistics.mean(r["pairs_per_cpu_s"] for r in cwpo_main)
+        lines.append(
+            f"per CPU-second (precompute counted in; insensitive to other jobs' load): cwpo all-on {cpu_rate:.4f} "
+            f"pairs/CPU-s, TRL best-run config {best['pairs_per_cpu_s']:.4f} → {cpu_rate / best['pairs_per_cpu_s']:.2f}x; "
+            f"vs each TRL config: " + ", ".join(f"{r['variant']} {cpu_rate / r['pairs_per_cpu_s']:.2f}x" for r in trl)
         )
         reference = trl[0]
         same_ids = all(r["ids_digest"] == reference["ids_digest"] for r in results)

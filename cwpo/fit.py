@@ -66,6 +66,13 @@ register(
     "strong policy: (confidence-weighted) DPO / IPO / rDPO with LoRA against a frozen reference (stage 3)",
     _TOKENIZER_LINK,
 )
+register(
+    "online",
+    "cwpo.modules.online:OnlinePolicyModule",
+    "cwpo.data.datamodules:PromptDataModule",
+    "online CW-DPO: the policy samples two answers per prompt, the weak annotator labels them (appendix J.5)",
+    _TOKENIZER_LINK,
+)
 
 
 def _load(path: str):

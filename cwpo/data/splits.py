@@ -54,10 +54,17 @@ def hash_split(dataset, fraction: float, *, seed: int = 0, salt: str = "split"):
     return first, rest
 
 
-def _nonempty(dataset, name: str):
-    if len(dataset) == 0:
-        raise DataError(f"the {name} split is empty (too few rows for the split ratio?)")
-    return dataset
+def _check_sides(source, first, rest, names: tuple[str, str], fraction: float) -> None:
+    """A clear error when a split leaves one side empty, naming the data it came from (file, counts)."""
+    for part, name in ((first, names[0]), (rest, names[1])):
+        if len(part) == 0:
+            report = FilterReport.from_dataset(source)
+            origin = f"; data: {report.summary()}" if report is not None else ""
+            raise DataError(
+                f"the {name} split is empty: {len(source)} rows at fraction {fraction} put {len(first)} in "
+                f"{names[0]} and {len(rest)} in {names[1]}; both need at least one row (more data or another "
+                f"fraction){origin}"
+            )
 
 
 def split_labelled(dataset, ratio: float = 0.3, *, seed: int = 0):
@@ -70,7 +77,8 @@ def split_labelled(dataset, ratio: float = 0.3, *, seed: int = 0):
     if not 0.0 < ratio < 1.0:
         raise ConfigError(f"the D_L ratio must be in (0, 1), got {ratio}")
     d_l, d_u = hash_split(dataset, ratio, seed=seed, salt="d_l")
-    return _nonempty(d_l, "D_L"), _nonempty(d_u, "D_U")
+    _check_sides(dataset, d_l, d_u, ("D_L", "D_U"), ratio)
+    return d_l, d_u
 
 
 def split_holdout(dataset, fraction: float, *, seed: int = 0):
@@ -83,7 +91,8 @@ def split_holdout(dataset, fraction: float, *, seed: int = 0):
     if not 0.0 < fraction < 1.0:
         raise ConfigError(f"the held-out fraction must be in (0, 1), got {fraction}")
     held, rest = hash_split(dataset, fraction, seed=seed, salt="holdout")
-    return _nonempty(held, "held-out"), _nonempty(rest, "remaining")
+    _check_sides(dataset, held, rest, ("held-out", "remaining"), fraction)
+    return held, rest
 
 
 def mix_sources(

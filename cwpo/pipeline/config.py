@@ -102,6 +102,9 @@ class StrongConfig:
         epsilon: rDPO's assumed flip rate ε.
         reference: ``adapter_disabled``, ``separate`` or ``precomputed`` (see :class:`PolicyModule`).
         warmup_steps: linear warm-up (paper: 100; capped at a tenth of a short run).
+        online_max_new_tokens: online methods: tokens sampled per response during training.
+        online_temperature: online methods: sampling temperature during training.
+        online_batch_size: online methods: prompts per step (one sampled pair each).
     """
 
     backbone: Any = field(default_factory=_strong_backbone)
@@ -117,6 +120,9 @@ class StrongConfig:
     epsilon: float = 0.1
     reference: str = "precomputed"
     warmup_steps: int = 10
+    online_max_new_tokens: int = 24
+    online_temperature: float = 1.0
+    online_batch_size: int = 32
 
 
 @dataclass

@@ -96,6 +96,7 @@ class Experiment:
         self.run_dir = Path(config.run_dir)
         self.stages = StageRunner(self.run_dir)
         self.methods = [parse_method(name) for name in config.methods]
+        self._annotator_stages: dict[int, StageResult] = {}
 
     # -- data -----------------------------------------------------------------------------------------------
     @property
@@ -186,7 +187,12 @@ class Experiment:
     # -- WS-DPO: the weak model as a DPO policy, labelling by its implicit reward ---------------------------
     def ws_labels(self, seed: int) -> StageResult:
         weak = self.config.weak
-        base = {**self._data_inputs, "seed": seed, "backbone": _plain(weak.backbone), "trainer": _plain(self.config.trainer)}
+        base = {
+            **self._data_inputs,
+            "seed": seed,
+            "backbone": _plain(weak.backbone),
+            "trainer": _plain(self.config.trainer),
+        }
         sft = self._sft_stage("ws_sft", base, _spec(weak.backbone, seed), None, self.config.data.dataset, "d_l", seed,
                               weak.ws_sft_epochs, weak.ws_lr, weak.batch_size)  # fmt: skip
         policy_inputs = {**base, "sft": sft.key, "epochs": weak.ws_dpo_epochs, "lr": weak.ws_lr, "beta": weak.ws_beta}
@@ -285,6 +291,8 @@ class Experiment:
                   "method": _plain(method) | {"name": None}, "lora": _plain(strong.po_lora), "epochs": strong.po_epochs,
                   "lr": strong.po_lr, "beta": strong.beta, "tau": strong.tau, "epsilon": strong.epsilon,
                   "reference": strong.reference, "batch_size": strong.batch_size, "trainer": _plain(self.config.trainer)}  # fmt: skip
+        if method.online:
+            return self._online_po(seed, method, sft, inputs)
 
         def fit(folder: Path) -> dict[str, Any]:
             labels_path = dataset
@@ -293,7 +301,61 @@ class Experiment:
             trainer = self._fit_policy(folder, self._sft_model(sft, strong.backbone, seed), strong.po_lora, method,
                                        labels_path, part, seed, epochs=strong.po_epochs, lr=strong.po_lr,
                                        beta=strong.beta, batch_size=strong.batch_size)  # fmt: skip
-            return {"train_loss": _metric(trainer, "train/loss"), "reward_accuracy": _metric(trainer, "rewards/accuracies")}
+            return {
+                "train_loss": _metric(trainer, "train/loss"),
+                "reward_accuracy": _metric(trainer, "rewards/accuracies"),
+            }
+
+        return self.stages.run("po", inputs, fit)
+
+    def _online_po(self, seed: int, method: MethodSpec, sft: StageResult, inputs: dict[str, Any]) -> StageResult:
+        """Online CW-DPO (appendix J.5): the SFT policy samples pairs for D_U's prompts, the annotator labels them."""
+        strong, data = self.config.strong, self.config.data
+        annotator = self._annotator_stages[seed]
+        judge = self.config.eval.judge
+        monitor = dict(judge) if judge.get("kind") == "synthetic_gold" else None  # cheap enough to run every step
+        inputs = {**inputs, "annotator": annotator.key, "batch_size": strong.online_batch_size,
+                  "online": {"max_new_tokens": strong.online_max_new_tokens, "temperature": strong.online_temperature,
+                             "monitor": monitor}}  # fmt: skip
+
+        def fit(folder: Path) -> dict[str, Any]:
+            import lightning as L
+
+            from cwpo.modules.online import OnlinePolicyModule
+
+            L.seed_everything(seed, workers=True, verbose=False)
+            spec, init_adapter = self._sft_model(sft, strong.backbone, seed)
+            lora = strong.po_lora
+            reference = strong.reference if strong.reference != "precomputed" else "adapter_disabled"
+            if lora is None:
+                reference = "separate"
+            module = OnlinePolicyModule(
+                spec,
+                str(annotator.path / "annotator"),
+                lora=lora,
+                optim=OptimConfig(lr=strong.po_lr, warmup_steps=strong.warmup_steps),
+                objective=method.objective,
+                beta=strong.beta,
+                tau=strong.tau,
+                epsilon=strong.epsilon,
+                weighting=method.weighting,
+                confidence=method.scheme,
+                reference=reference,
+                init_adapter=init_adapter,
+                export_dir=str(folder / ("adapter" if lora is not None else "model")),
+                max_new_tokens=strong.online_max_new_tokens,
+                temperature=strong.online_temperature,
+                sample_seed=seed,
+                annotator_max_length=data.max_length,
+                chat_template_for_text=data.chat_template_for_text,
+                monitor_judge=monitor,
+            )
+            prompts = self._datamodule("PromptDataModule", data.dataset, spec, "d_u", seed, strong.online_batch_size)
+            trainer = _trainer(folder, strong.po_epochs, self.config.trainer)
+            trainer.fit(module, prompts)
+            return {"train_loss": _metric(trainer, "train/loss"), "reward_accuracy": _metric(trainer, "rewards/accuracies"),
+                    "gold_agreement": _metric(trainer, "online/gold_agreement"),
+                    "identical": _metric(trainer, "online/identical")}  # fmt: skip
 
         return self.stages.run("po", inputs, fit)
 
@@ -327,7 +389,10 @@ class Experiment:
             trainer = default_trainer(**self.config.trainer)
             records = generate(lm, load_tokenizer(spec), self._test_prompts(), config, trainer=trainer,
                                output_path=folder / "generations.jsonl")  # fmt: skip
-            return {"n": len(records), "mean_new_tokens": sum(r["n_new_tokens"] for r in records) / max(len(records), 1)}
+            return {
+                "n": len(records),
+                "mean_new_tokens": sum(r["n_new_tokens"] for r in records) / max(len(records), 1),
+            }
 
         return self.stages.run("generate", inputs, run)
 
@@ -363,7 +428,7 @@ class Experiment:
                 weak = ws = None
                 annotator_summary: dict[str, Any] = {}
                 if "weak" in sources:
-                    annotator = self.annotator(seed)
+                    annotator = self._annotator_stages[seed] = self.annotator(seed)
                     weak = self.annotate(seed, annotator)
                     annotator_summary = {"annotator_val_accuracy": annotator.summary.get("val_accuracy"),
                                          "weak_label_agreement": weak.summary.get("agreement")}  # fmt: skip
@@ -374,7 +439,9 @@ class Experiment:
                     labels = self._labels(source, seed, weak, ws)
                     sft = self.sft(seed, source, labels)
                     sft_stages[source] = sft
-                    sft_generations[source] = self.generate(seed, sft, self._sft_model(sft, self.config.strong.backbone, seed), None)
+                    sft_generations[source] = self.generate(
+                        seed, sft, self._sft_model(sft, self.config.strong.backbone, seed), None
+                    )
                 for method in self.methods:
                     labels = self._labels(method.labels, seed, weak, ws)
                     sft = sft_stages[method.labels]
@@ -400,6 +467,9 @@ def method_family(method: MethodSpec) -> tuple[str, str]:
         return "Human (100 %)", objective
     if method.labels == "ws":
         return "WS-DPO", objective
+    if method.online:
+        family = "Online CW-PO" if method.weighting == "confidence" else "Online (c = 1)"
+        return (family if method.scheme == "cw" else f"{family} ({method.scheme})"), objective
     if method.weighting == "confidence":
         return ("CW-PO" if method.scheme == "cw" else f"CW-PO ({method.scheme})"), objective
     if method.weighting == "top_n":

@@ -166,7 +166,7 @@ def test_empty_dataset_and_empty_split(tmp_path):
     with pytest.raises(DataError, match=r"drops.jsonl: no pairs left after filtering .*empty_response 1"):
         load_local(only_drops)
     one = load_local(_write(tmp_path / "one.jsonl", [VALID["local"]]))
-    with pytest.raises(DataError, match="D_L split is empty"):
+    with pytest.raises(DataError, match=r"D_L split is empty: 1 rows at fraction 0.3 put 0 in D_L .*one.jsonl"):
         split_labelled(one, 0.3)
 
 

@@ -3,6 +3,8 @@ finished stages, and a change to one method reruns only that method's stages."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cwpo.pipeline import experiment as experiment_module
@@ -68,6 +70,22 @@ def test_methods_land_in_their_table_cells():
     assert method_family(parse_method("ws-dpo")) == ("WS-DPO", "DPO")
     assert method_family(parse_method("cw-rdpo")) == ("CW-PO", "rDPO")
     assert method_family(parse_method("cw-ipo@rank")) == ("CW-PO (rank)", "IPO")
+    assert method_family(parse_method("online-cw-dpo")) == ("Online CW-PO", "DPO")
+    assert method_family(parse_method("online-dpo")) == ("Online (c = 1)", "DPO")
+
+
+def test_online_cw_dpo_runs_from_the_offline_annotator_and_sft(tmp_path):
+    """Online CW-DPO shares the annotator and the weak-label SFT with offline CW-DPO and adds only its own PO."""
+    offline = Experiment(micro_config(tmp_path, ["cw-dpo"]))
+    offline.run()
+    online = Experiment(micro_config(tmp_path, ["cw-dpo", "online-cw-dpo"]))
+    rows = online.run()
+    assert stage_names(online.stages.computed) == ["po", "generate"]
+    assert [(r["method"], r["objective"]) for r in rows] == [("CW-PO", "DPO"), ("Online CW-PO", "DPO")]
+    summaries = [json.loads(path.read_text())["summary"] for path in online.run_dir.glob("po/*/DONE.json")]
+    online_summary = next(s for s in summaries if "gold_agreement" in s)
+    assert 0.0 <= online_summary["gold_agreement"] <= 1.0 and online_summary["train_loss"] is not None
+    assert rows[1]["n"] == 12 and 0.0 <= rows[1]["gra"] <= 100.0
     assert method_family(parse_method("ipo")) == ("Weak (c = 1)", "IPO")
     assert method_family(parse_method("top-30")) == ("Top-30 %", "DPO")
     assert experiment_module.OBJECTIVE_TITLES["rdpo"] == "rDPO"

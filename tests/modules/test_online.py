@@ -1,0 +1,139 @@
+"""OnlinePolicyModule (online CW-DPO, appendix J.5): on-policy pairs ordered and weighted by the weak annotator."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from cwpo.annotation.loading import export_annotator
+from cwpo.data import PromptDataModule
+from cwpo.errors import ConfigError
+from cwpo.models import LoraSpec, ModelSpec
+from cwpo.modules.annotator import AnnotatorModule
+from cwpo.modules.online import OnlinePolicyModule, annotator_scores
+from cwpo.modules.optim import OptimConfig
+
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+}
+
+
+def tiny_spec(seed: int = 0) -> ModelSpec:
+    return ModelSpec("synthetic", config=dict(TINY), from_scratch=True, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def annotator_dir(tmp_path_factory):
+    """A randomly initialised annotator, exported as `annotate` and the pipeline read it."""
+    module = AnnotatorModule(tiny_spec(seed=7))
+    module.configure_model()
+    return str(export_annotator(module, tmp_path_factory.mktemp("online") / "annotator"))
+
+
+def prompts_data(batch_size: int = 4) -> PromptDataModule:
+    data = PromptDataModule(dataset={"name": "synthetic", "args": {"n_pairs": 60}}, tokenizer="synthetic", part="d_u",
+                            max_length=48, batch_size=batch_size)  # fmt: skip
+    data.setup()
+    return data
+
+
+def make(annotator_dir, **kwargs) -> OnlinePolicyModule:
+    kwargs.setdefault("lora", LoraSpec(dropout=0.0))
+    kwargs.setdefault("max_new_tokens", 6)
+    kwargs.setdefault("annotator_max_length", 64)
+    module = OnlinePolicyModule(tiny_spec(), annotator_dir, **kwargs)
+    module.configure_model()
+    return module
+
+
+def test_sampled_pairs_are_ordered_and_weighted_by_the_annotator(annotator_dir):
+    data = prompts_data()
+    module = make(annotator_dir, temperature=2.0)
+    module.set_prompts(data.train_dataset["prompt"])
+    batch = next(iter(data.train_dataloader()))
+    pairs, sampled = module.sample_pairs(batch)
+    b = batch["input_ids"].shape[0]
+    assert pairs["input_ids"].shape[0] == 2 * b and pairs["weights"].shape == (b,)
+
+    # The annotator, asked again about (chosen, rejected), prefers chosen; c = 2σ(|Δ|) - 1 of that margin.
+    s_chosen, s_rejected = annotator_scores(module.annotator, sampled["prompts"], sampled["chosen"],
+                                            sampled["rejected"], max_length=64)  # fmt: skip
+    margin = (s_chosen - s_rejected).masked_fill(sampled["identical"], 0.0)
+    assert (margin >= -1e-6).all()
+    torch.testing.assert_close(pairs["weights"], 2 * torch.sigmoid(margin.abs()) - 1, atol=1e-5, rtol=1e-5)
+    assert not sampled["identical"].all(), "temperature 2 on a random model should give different samples"
+
+    # Each row is the prompt's real tokens then a response; labels cover the response only.
+    for row in range(2 * b):
+        prompt = batch["input_ids"][row % b][batch["attention_mask"][row % b].bool()]
+        n = prompt.shape[0]
+        assert torch.equal(pairs["input_ids"][row, :n], prompt)
+        assert (pairs["labels"][row, :n] == -100).all()
+        length = int(pairs["attention_mask"][row].sum())
+        assert 1 <= length - n <= 6
+        assert torch.equal(pairs["labels"][row, n:length], pairs["input_ids"][row, n:length])
+        assert (pairs["labels"][row, length:] == -100).all()
+
+
+def test_sampling_is_seeded_by_epoch_and_prompt(annotator_dir):
+    data = prompts_data()
+    module = make(annotator_dir, temperature=1.5)
+    module.set_prompts(data.train_dataset["prompt"])
+    batch = next(iter(data.train_dataloader()))
+    _, first = module.sample_pairs(batch)
+    _, again = module.sample_pairs(batch)
+    assert first["chosen"] == again["chosen"] and first["rejected"] == again["rejected"]
+    other = make(annotator_dir, temperature=1.5, sample_seed=1)
+    other.set_prompts(data.train_dataset["prompt"])
+    _, moved = other.sample_pairs(batch)
+    assert (moved["chosen"], moved["rejected"]) != (first["chosen"], first["rejected"])
+
+
+def test_fit_trains_only_lora_and_leaves_the_annotator_alone(annotator_dir, tmp_path):
+    L.seed_everything(0)
+    module = OnlinePolicyModule(tiny_spec(), annotator_dir, lora=LoraSpec(dropout=0.0), max_new_tokens=6,
+                                annotator_max_length=64, temperature=1.5, beta=0.5,
+                                optim=OptimConfig(lr=5e-2, warmup_steps=0),
+                                monitor_judge={"kind": "synthetic_gold"})  # fmt: skip
+    module.configure_model()
+    before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
+    annotator_before = {n: p.detach().clone() for n, p in module.annotator.named_parameters()}
+    trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, prompts_data())
+    moved = {n for n, p in module.policy.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all("lora_" in n for n in moved)
+    assert all(torch.equal(p, annotator_before[n]) for n, p in module.annotator.named_parameters())
+    assert not any(key.startswith("_annotator") for key in module.state_dict())
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss"])
+    assert 0.0 <= float(metrics["online/gold_agreement"]) <= 1.0
+    assert 0.0 <= float(metrics["weights/mean"]) < 1.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"reference": "precomputed"}, "precomputed reference cannot exist"),
+        ({"confidence": "rank"}, "whole dataset"),
+        ({"weighting": "top_n"}, "per batch"),
+        ({"temperature": 0.0}, "temperature > 0"),
+    ],
+)
+def test_refuses_settings_that_cannot_work_online(annotator_dir, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        OnlinePolicyModule(tiny_spec(), annotator_dir, **kwargs)
+
+
+def test_fit_without_prompt_text_says_what_is_missing(annotator_dir):
+    module = make(annotator_dir)
+    batch = next(iter(prompts_data().train_dataloader()))
+    with pytest.raises(ConfigError, match="set_prompts"):
+        module.sample_pairs(batch)
