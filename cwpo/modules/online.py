@@ -15,6 +15,8 @@ often the annotator's order agrees with the judge's on the pairs it labels (``on
 
 from __future__ import annotations
 
+import inspect
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -160,7 +162,13 @@ class OnlinePolicyModule(PolicyModule):
             export_dir=export_dir,
             export_merged=export_merged,
         )
-        self.save_hyperparameters(ignore=["annotator"] if not isinstance(annotator, str | bytes) else [])
+        # Under LightningCLI ``hparams`` hold this class's parsed arguments only: add the settings it leaves to the
+        # parent at their defaults, which the parent's methods read.
+        for name, parameter in inspect.signature(PolicyModule.__init__).parameters.items():
+            if name != "self" and name not in self.hparams:
+                self.hparams[name] = parameter.default
+        if not isinstance(annotator, str | os.PathLike):
+            self.hparams.pop("annotator", None)  # a module object is no hyper-parameter: checkpoints stay plain data
         # Kept out of the module tree (object.__setattr__): never trained, checkpointed or moved by Lightning.
         object.__setattr__(self, "_annotator_source", annotator)
         object.__setattr__(self, "_annotator", None)

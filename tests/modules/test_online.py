@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -137,3 +139,15 @@ def test_fit_without_prompt_text_says_what_is_missing(annotator_dir):
     batch = next(iter(prompts_data().train_dataloader()))
     with pytest.raises(ConfigError, match="set_prompts"):
         module.sample_pairs(batch)
+
+
+def test_runs_from_the_fit_cli(annotator_dir, tmp_path, monkeypatch):
+    """`python -m cwpo.fit --model online`: LightningCLI's hparams hold only this class's arguments; it must still run."""
+    from cwpo import fit
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "online" / "synthetic.yaml"
+    monkeypatch.chdir(tmp_path)
+    fit.main(["--model", "online", "--config", str(config),
+              f"--model.annotator={annotator_dir}", "--model.max_new_tokens=4", "--model.export_dir=adapter",
+              "--data.limit=8", "--data.batch_size=4", "--trainer.max_steps=2"])  # fmt: skip
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
