@@ -32,7 +32,9 @@ cwpo variants (``--cwpo``): ``all-on`` (prefix sharing, precomputed disk-cached 
 length grouping, no gradient checkpointing), each ablation turning one technique off (``no-prefix``,
 ``no-precompute``, ``logits``, ``no-grouping``), and ``all-off`` (the plain two-row pair path with a reference
 forward per step, full logits, random batches, gradient checkpointing on as in TRL's default). ``--profile`` adds
-a torch.profiler table of one cwpo all-on run's training steps.
+one more cwpo all-on run, outside the table, with Lightning's per-phase step times and a torch.profiler op table.
+``--reuse`` with ``--workdir`` resumes a stopped benchmark: runs whose result is there, with the same settings, are
+read back instead of rerun.
 """
 
 from __future__ import annotations
@@ -411,11 +413,39 @@ def child_cwpo(args) -> dict:
             timings["train_s"] = time.perf_counter() - timings["train_start"]
             timings["train_cpu_s"] = time.process_time() - timings["train_start_cpu"]
 
-    profiler = None
-    if args.profile:
-        from lightning.pytorch.profilers import PyTorchProfiler
+    class OpProfile(L.Callback):
+        """torch.profiler over training steps ``skip .. skip + steps - 1``: CPU ops by self time."""
 
-        profiler = PyTorchProfiler(dirpath=args.run_dir, filename="profile", sort_by_key="self_cpu_time_total")
+        def __init__(self, path: Path, skip: int = 2, steps: int = 6):
+            self.path, self.skip, self.steps = path, skip, steps
+            self.profile = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if self.profile is None and trainer.global_step == self.skip:
+                self.profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                self.profile.__enter__()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if self.profile is not None and trainer.global_step == self.skip + self.steps:
+                self._write()
+
+        def on_train_end(self, trainer, pl_module):
+            if self.profile is not None:
+                self._write()
+
+        def _write(self):
+            self.profile.__exit__(None, None, None)
+            table = self.profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+            self.path.write_text(f"torch ops of training steps {self.skip}..{self.skip + self.steps - 1}\n{table}")
+            self.profile = None
+
+    profiler, callbacks = None, [Timer()]
+    if args.profile:
+        from lightning.pytorch.profilers import SimpleProfiler
+
+        # Phases of every step (forward = training_step, backward, optimizer step, data), and torch ops of a window.
+        profiler = SimpleProfiler(dirpath=args.run_dir, filename="phases")
+        callbacks.append(OpProfile(Path(args.run_dir) / "ops.txt"))
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -430,7 +460,7 @@ def child_cwpo(args) -> dict:
         limit_val_batches=0,
         log_every_n_steps=10,
         default_root_dir=args.run_dir,
-        callbacks=[Timer()],
+        callbacks=callbacks,
         profiler=profiler,
     )
     trainer.fit(module, datamodule=datamodule)
@@ -472,7 +502,7 @@ def child_cwpo(args) -> dict:
         "step0_rejected_logps": float(rejected0.double().mean()),
         "step0_source": step0_source,
         "peak_rss_mb": _peak_rss_mb(),
-        "profile_file": str(Path(args.run_dir) / "fit-profile.txt") if args.profile else None,
+        "profiled": bool(args.profile),
     }
 
 
@@ -515,10 +545,15 @@ def _shared_flags(args) -> list[str]:
     ]
 
 
-def run_child(args, kind: str, config: str, workdir: Path, index: int, profile: bool = False) -> dict:
+def run_child(args, kind: str, config: str, workdir: Path, index: int, *, profile: bool = False, reuse: bool = False):
     run_dir = workdir / f"run{index:02d}-{kind}-{config}"
     run_dir.mkdir(parents=True, exist_ok=True)
     result_file = run_dir / "result.json"
+    if reuse and result_file.exists():
+        result = json.loads(result_file.read_text())
+        if result.get("settings") == _shared_flags(args):
+            print(f"[{time.strftime('%H:%M:%S')}] run {index}: {kind} {config}: reusing {result_file}", flush=True)
+            return result
     command = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -543,6 +578,8 @@ def run_child(args, kind: str, config: str, workdir: Path, index: int, profile: 
         raise SystemExit(f"run {index} ({kind} {config}) failed with code {code}:\n{tail}")
     result = json.loads(result_file.read_text())
     result["wall_s"] = time.perf_counter() - started
+    result["settings"] = _shared_flags(args)
+    result_file.write_text(json.dumps(result, indent=2))
     print(
         f"    train {result['train_s']:.1f} s, precompute {result['precompute_s']:.1f} s, "
         f"peak RSS {result['peak_rss_mb']:.0f} MB",
@@ -681,7 +718,16 @@ def parse_args(argv=None):
     parser.add_argument("--trl", nargs="*", default=["default", "precompute"], choices=sorted(TRL_CONFIGS))
     parser.add_argument("--cwpo", nargs="*", default=["all-on"], choices=sorted(CWPO_VARIANTS),
                         help="cwpo variants; all-on runs once after each TRL run, the others once at the end")  # fmt: skip
-    parser.add_argument("--profile", action="store_true", help="torch.profiler table of the last cwpo all-on run")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="one extra cwpo all-on run (not in the table) with step phases and a torch op profile",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse finished runs found in --workdir with the same settings (resume a stopped benchmark)",
+    )
     parser.add_argument("--weights-dir", default=None, help="reuse (or write) the float weights folder here")
     parser.add_argument("--workdir", default=None, help="where runs write (default: a temporary folder)")
     parser.add_argument("--out", default=None, help="write all results as JSON here")
@@ -726,19 +772,24 @@ def main(argv=None) -> None:
     if not args.trl and "all-on" in args.cwpo:
         schedule.append(("cwpo", "all-on"))
     schedule += [("cwpo", variant) for variant in args.cwpo if variant != "all-on"]
-    last_main = max((i for i, (kind, v) in enumerate(schedule) if kind == "cwpo" and v == "all-on"), default=None)
 
     results = []
     for index, (kind, config) in enumerate(schedule):
-        results.append(run_child(args, kind, config, workdir, index, profile=args.profile and index == last_main))
+        results.append(run_child(args, kind, config, workdir, index, reuse=args.reuse))
     table = report(results, prep, args)
     print()
     print(table)
-    if args.profile and last_main is not None:
-        profile = Path(results[last_main]["profile_file"])
-        if profile.exists():
-            print("\nprofile of cwpo all-on (torch.profiler, top ops by self CPU time):")
-            print("\n".join(profile.read_text().splitlines()[:40]))
+    if args.profile:
+        # An extra run, outside the table: profiling slows the run it watches.
+        profiled = run_child(args, "cwpo", "all-on", workdir, len(schedule), profile=True, reuse=args.reuse)
+        run_dir = workdir / f"run{len(schedule):02d}-cwpo-all-on"
+        print(f"\nwhere cwpo all-on spends its time (extra profiled run: train {profiled['train_s']:.1f} s, "
+              f"precompute {profiled['precompute_s']:.1f} s)")  # fmt: skip
+        for name, lines in (("fit-phases.txt", 14), ("ops.txt", 32)):
+            found = sorted(run_dir.glob(f"*{name}"))
+            if found:
+                print("\n".join(found[0].read_text().splitlines()[:lines]))
+        results.append(profiled)
     if args.out:
         Path(args.out).write_text(json.dumps({"results": results, "selection": prep, "table": table}, indent=2))
 

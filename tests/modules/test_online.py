@@ -151,3 +151,25 @@ def test_runs_from_the_fit_cli(annotator_dir, tmp_path, monkeypatch):
               f"--model.annotator={annotator_dir}", "--model.max_new_tokens=4", "--model.export_dir=adapter",
               "--data.limit=8", "--data.batch_size=4", "--trainer.max_steps=2"])  # fmt: skip
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
+
+
+def test_a_resumed_fit_samples_and_ends_like_the_uninterrupted_one(annotator_dir, tmp_path):
+    """Stopped after 2 steps (mid-epoch) and resumed from last.ckpt: the same samples, the same LoRA weights."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(max_steps: int, root, ckpt_path=None) -> dict[str, torch.Tensor]:
+        L.seed_everything(0)
+        module = OnlinePolicyModule(tiny_spec(), annotator_dir, lora=LoraSpec(dropout=0.1), max_new_tokens=4,
+                                    annotator_max_length=64, temperature=1.5,
+                                    optim=OptimConfig(lr=1e-2, warmup_steps=0, scheduler="constant"))  # fmt: skip
+        checkpoints = ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0, every_n_train_steps=1)
+        trainer = L.Trainer(max_steps=max_steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            limit_val_batches=0, callbacks=[checkpoints], default_root_dir=root)  # fmt: skip
+        trainer.fit(module, prompts_data(), ckpt_path=ckpt_path)
+        return {n: p.detach().clone() for n, p in module.policy.named_parameters() if "lora_" in n}
+
+    straight = fit(4, tmp_path / "straight")
+    fit(2, tmp_path / "stopped")
+    resumed = fit(4, tmp_path / "stopped", ckpt_path=tmp_path / "stopped" / "last.ckpt")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[n], resumed[n]) for n in straight)
