@@ -47,6 +47,7 @@ from cwpo.modules.sft import (
     eval_mode,
     hf_zero3_config,
     is_zero3_param,
+    plain_hparams,
     response_logps,
 )
 
@@ -184,6 +185,7 @@ class PolicyModule(L.LightningModule):
         # Let the objective check its own parameters now (e.g. 0 <= epsilon < 0.5), not at the first step.
         objective_fn(torch.zeros(1), torch.zeros(1), **self._objective_kwargs)
         self.save_hyperparameters()
+        plain_hparams(self.hparams)
         # Typed copies: under LightningCLI ``hparams`` holds the parsed config as plain dicts.
         self.backbone = as_model_spec(backbone)
         self.lora, self.optim = lora, optim

@@ -15,6 +15,7 @@ The helpers here are shared by the SFT module, the policy module and the referen
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -250,6 +251,14 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def plain_hparams(hparams) -> None:
+    """Replace dataclass values (``ModelSpec``, ``LoraSpec``, ``OptimConfig``) in ``hparams`` by dicts, in place, so
+    checkpoints hold plain data and load with ``torch.load(weights_only=True)``; the modules accept either form."""
+    for key, value in list(hparams.items()):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            hparams[key] = dataclasses.asdict(value)
+
+
 def as_config(value: Any, cls: type) -> Any:
     """``value`` as a ``cls`` dataclass: LightningCLI may hand a dataclass argument over as a plain dict."""
     return cls(**value) if isinstance(value, dict) else value
@@ -302,6 +311,7 @@ class SFTModule(L.LightningModule):
         if export_merged and (export_dir is None or lora is None):
             raise ConfigError("export_merged needs export_dir and a LoRA adapter (lora is not None)")
         self.save_hyperparameters()
+        plain_hparams(self.hparams)
         # Typed copies: under LightningCLI ``hparams`` holds the parsed config as plain dicts.
         self.backbone = as_model_spec(backbone)
         self.lora, self.optim = lora, optim

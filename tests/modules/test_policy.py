@@ -257,3 +257,15 @@ def test_sft_then_policy_through_the_fit_cli_with_overrides(tmp_path, monkeypatc
     assert policy.model.hparams.objective == "ipo" and policy.trainer.global_step == 2
     assert (tmp_path / "po-adapter" / "adapter_model.safetensors").exists()
     assert list((tmp_path / "runs" / "policy" / "reference_cache").glob("reference-logps-*.safetensors"))
+
+
+def test_hparams_are_plain_data_so_checkpoints_load_with_weights_only(tmp_path):
+    """Built from Python (dataclass arguments), the saved hyper-parameters still load with weights_only=True."""
+    from cwpo.modules.sft import SFTModule
+
+    for module in (make(), SFTModule(tiny_spec(), lora=LoraSpec(), optim=OptimConfig(lr=1e-3))):
+        path = tmp_path / f"{type(module).__name__}.pt"
+        torch.save({"hyper_parameters": dict(module.hparams)}, path)
+        loaded = torch.load(path, weights_only=True)["hyper_parameters"]
+        assert loaded["backbone"]["name_or_path"] == "synthetic" and isinstance(loaded["optim"], dict)
+        assert type(module)(**{k: v for k, v in loaded.items() if k != "_instantiator"}).backbone == module.backbone
