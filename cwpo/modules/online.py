@@ -288,9 +288,11 @@ class OnlinePolicyModule(PolicyModule):
         pair_batch, sampled = self.sample_pairs(batch)
         loss = self._step(pair_batch, "train")
         pairs = len(sampled["prompts"])
-        self.log("online/identical", sampled["identical"].float().mean(), batch_size=pairs)
-        self.log("online/response_tokens", sampled["response_tokens"].mean(), batch_size=pairs)
-        self.log("online/abs_margin", sampled["margin"].abs().mean(), batch_size=pairs)
+        # Per step and as epoch means (``<name>_epoch``): how the sampled pairs and their labels evolve.
+        epoch_too = {"on_step": True, "on_epoch": True}
+        self.log("online/identical", sampled["identical"].float().mean(), batch_size=pairs, **epoch_too)
+        self.log("online/response_tokens", sampled["response_tokens"].mean(), batch_size=pairs, **epoch_too)
+        self.log("online/abs_margin", sampled["margin"].abs().mean(), batch_size=pairs, **epoch_too)
         if self._judge is not None:
             from cwpo.evaluation.judges import judge_compare
 
@@ -298,7 +300,7 @@ class OnlinePolicyModule(PolicyModule):
             decided = (gold != 0) & ~sampled["identical"]
             if bool(decided.any()):
                 agreement = (gold[decided] > 0).float().mean()
-                self.log("online/gold_agreement", agreement, batch_size=int(decided.sum()))
+                self.log("online/gold_agreement", agreement, batch_size=int(decided.sum()), **epoch_too)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -354,8 +354,9 @@ class Experiment:
             trainer = _trainer(folder, strong.po_epochs, self.config.trainer)
             trainer.fit(module, prompts)
             return {"train_loss": _metric(trainer, "train/loss"), "reward_accuracy": _metric(trainer, "rewards/accuracies"),
-                    "gold_agreement": _metric(trainer, "online/gold_agreement"),
-                    "identical": _metric(trainer, "online/identical")}  # fmt: skip
+                    "gold_agreement_last_epoch": _metric(trainer, "online/gold_agreement_epoch"),
+                    "identical_last_epoch": _metric(trainer, "online/identical_epoch"),
+                    "response_tokens_last_epoch": _metric(trainer, "online/response_tokens_epoch")}  # fmt: skip
 
         return self.stages.run("po", inputs, fit)
 

@@ -116,7 +116,8 @@ def test_fit_trains_only_lora_and_leaves_the_annotator_alone(annotator_dir, tmp_
     assert not any(key.startswith("_annotator") for key in module.state_dict())
     metrics = trainer.callback_metrics
     assert torch.isfinite(metrics["train/loss"])
-    assert 0.0 <= float(metrics["online/gold_agreement"]) <= 1.0
+    assert 0.0 <= float(metrics["online/gold_agreement_step"]) <= 1.0
+    assert 0.0 <= float(metrics["online/gold_agreement_epoch"]) <= 1.0
     assert 0.0 <= float(metrics["weights/mean"]) < 1.0
 
 
