@@ -37,7 +37,9 @@ def toy_entry(monkeypatch):
     monkeypatch.setitem(
         fit.REGISTRY,
         "toy",
-        fit.Entry("tests.toy_modules:ToyModule", "tests.toy_modules:ToyDataModule", "toy", (("model.width", "data.width"),)),
+        fit.Entry(
+            "tests.toy_modules:ToyModule", "tests.toy_modules:ToyDataModule", "toy", (("model.width", "data.width"),)
+        ),
     )
 
 
@@ -45,7 +47,18 @@ def test_registered_module_trains_through_lightningcli_and_saves_config(toy_entr
     monkeypatch.chdir(tmp_path)
     cli = fit.build_cli(
         "toy",
-        ["--model.width", "3", "--trainer.max_steps", "4", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false", "--seed_everything", "7"],
+        [
+            "--model.width",
+            "3",
+            "--trainer.max_steps",
+            "4",
+            "--trainer.log_every_n_steps",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--seed_everything",
+            "7",
+        ],
     )
     # The link made the datamodule agree with the module.
     assert cli.datamodule.width == 3
