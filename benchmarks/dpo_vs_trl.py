@@ -112,6 +112,18 @@ def _ids_digest(rows: list[tuple[list[int], list[int], list[int]]]) -> str:
     return digest.hexdigest()[:16]
 
 
+def _work_done(truncated, chosen0, rejected0, step0_source: str) -> dict:
+    """What proves two systems did the same work: token ids, real tokens, step-0 log-probs; and the peak RSS."""
+    return {
+        "ids_digest": _ids_digest(truncated),
+        "pair_tokens": sum(2 * len(p) + len(c) + len(r) for p, c, r in truncated),
+        "step0_chosen_logps": float(chosen0.double().mean()),
+        "step0_rejected_logps": float(rejected0.double().mean()),
+        "step0_source": step0_source,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
 def _keep_start(prompt: list[int], response: list[int], max_length: int) -> list[int]:
     """TRL's ``truncation_mode="keep_start"``: ``(prompt + response)[:max_length]``, the response part."""
     return list(response[: max(max_length - len(prompt), 0)])
@@ -289,12 +301,7 @@ def child_trl(args) -> dict:
         "train_cpu_s": timings["train_cpu_s"],
         "precompute_cpu_s": timings.get("precompute_cpu_s", 0.0),
         "tokens": counting.totals.get("train", {}),
-        "ids_digest": _ids_digest(truncated),
-        "pair_tokens": sum(2 * len(p) + len(c) + len(r) for p, c, r in truncated),
-        "step0_chosen_logps": float(chosen0.double().mean()),
-        "step0_rejected_logps": float(rejected0.double().mean()),
-        "step0_source": step0_source,
-        "peak_rss_mb": _peak_rss_mb(),
+        **_work_done(truncated, chosen0, rejected0, step0_source),
     }
 
 
@@ -496,12 +503,7 @@ def child_cwpo(args) -> dict:
         "train_cpu_s": timings["train_cpu_s"],
         "precompute_cpu_s": timings["precompute_cpu_s"] if switches["reference"] == "precomputed" else 0.0,
         "tokens": datamodule._counting.totals.get("train", {}),
-        "ids_digest": _ids_digest(truncated),
-        "pair_tokens": sum(2 * len(p) + len(c) + len(r) for p, c, r in truncated),
-        "step0_chosen_logps": float(chosen0.double().mean()),
-        "step0_rejected_logps": float(rejected0.double().mean()),
-        "step0_source": step0_source,
-        "peak_rss_mb": _peak_rss_mb(),
+        **_work_done(truncated, chosen0, rejected0, step0_source),
         "profiled": bool(args.profile),
     }
 

@@ -15,6 +15,7 @@ often the annotator's order agrees with the judge's on the pairs it labels (``on
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Sequence
@@ -33,44 +34,47 @@ from cwpo.modules.sft import eval_mode
 BATCH_LOCAL_SCHEMES = ("cw", "sigmoid", "margin", "uniform")
 
 
-def annotator_scores(
-    annotator,
-    prompts: Sequence[Any],
-    responses_1: Sequence[str],
-    responses_2: Sequence[str],
-    *,
-    max_length: int = 512,
-    chat_template_for_text: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weak annotator's scores of two responses to each prompt, tokenised as ``annotate`` tokenises.
-
-    Over-long inputs keep their end (``keep_end``), so every pair gets a score.
-
-    Args:
-        annotator: a loaded annotator module (:func:`cwpo.annotation.load_annotator`).
-        prompts: text or chat messages, one per pair.
-        responses_1: first responses. responses_2: second responses.
-        max_length: token budget of prompt + the longer response.
-        chat_template_for_text: as in the annotator's training data.
-
-    Returns:
-        ``(score_1, score_2)``, float32 on the annotator's device. Shapes (n,), (n,).
-    """
-    from cwpo.data import PairCollator, TokenizeConfig
+def annotator_tokenizer(annotator, max_length: int = 512, chat_template_for_text: bool = False):
+    """The annotator's :class:`~cwpo.data.tokenization.PairTokenizer` for online pairs: ``keep_end`` truncation, so
+    every pair gets a score (the prompt keeps at least half of ``max_length`` before the responses are cut)."""
+    from cwpo.data import TokenizeConfig
     from cwpo.data.tokenization import PairTokenizer
 
     config = TokenizeConfig(max_length=max_length, truncation="keep_end", min_prompt_tokens=max(1, max_length // 2),
                             chat_template_for_text=chat_template_for_text)  # fmt: skip
-    tokenizer = PairTokenizer(annotator.tokenizer, config)
-    prompt_ids, responses, _ = tokenizer.encode_batch(list(prompts), {"chosen": list(responses_1),
-                                                                      "rejected": list(responses_2)})  # fmt: skip
+    return PairTokenizer(annotator.tokenizer, config)
+
+
+def annotator_scores(
+    annotator,
+    pair_tokenizer,
+    prompts: Sequence[Any],
+    responses_1: Sequence[str],
+    responses_2: Sequence[str],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weak annotator's scores of two responses to each prompt.
+
+    Args:
+        annotator: a loaded annotator module (:func:`cwpo.annotation.load_annotator`).
+        pair_tokenizer: from :func:`annotator_tokenizer` (built once, reused every step).
+        prompts: text or chat messages, one per pair.
+        responses_1: first responses. responses_2: second responses.
+
+    Returns:
+        ``(score_1, score_2)``, float32 on the annotator's device. Shapes (n,), (n,).
+    """
+    from cwpo.data import PairCollator
+
+    prompt_ids, responses, _ = pair_tokenizer.encode_batch(list(prompts), {"chosen": list(responses_1),
+                                                                           "rejected": list(responses_2)})  # fmt: skip
     features = []
     for row, (ids, first, second) in enumerate(
         zip(prompt_ids, responses["chosen"], responses["rejected"], strict=True)
     ):
-        ids, fitted, dropped = tokenizer.fit_budget(ids, {"chosen": first, "rejected": second})
+        ids, fitted, dropped = pair_tokenizer.fit_budget(ids, {"chosen": first, "rejected": second})
         if dropped is not None:
-            raise CwpoError(f"online pair {row}: cannot fit prompt and responses in {max_length} tokens ({dropped})")
+            budget = pair_tokenizer.config.max_length
+            raise CwpoError(f"online pair {row}: cannot fit prompt and responses in {budget} tokens ({dropped})")
         features.append({"prompt_ids": ids, "chosen_ids": fitted["chosen"], "rejected_ids": fitted["rejected"]})
     batch = PairCollator(pad_token_id=annotator.tokenizer.pad_token_id)(features)
     device = next(annotator.parameters()).device
@@ -188,13 +192,23 @@ class OnlinePolicyModule(PolicyModule):
             self._annotator.to(self.device)
         return self._annotator.eval()
 
-    @property
-    def tokenizer(self):
-        if not hasattr(self, "_tokenizer"):
-            from cwpo.models import load_tokenizer
+    @functools.cached_property
+    def annotator_tokenizer(self):
+        """How the annotator reads a pair (built once)."""
+        hp = self.hparams
+        return annotator_tokenizer(self.annotator, hp.annotator_max_length, hp.chat_template_for_text)
 
-            self._tokenizer = load_tokenizer(self.backbone)
-        return self._tokenizer
+    @functools.cached_property
+    def tokenizer(self):
+        from cwpo.models import load_tokenizer
+
+        return load_tokenizer(self.backbone)
+
+    @functools.cached_property
+    def _eos_ids(self) -> list[int]:
+        from cwpo.evaluation.generate import eos_token_ids
+
+        return eos_token_ids(self.policy, self.tokenizer)
 
     def set_prompts(self, prompts: Sequence[Any]) -> None:
         """The prompts (text or messages) behind the batches' ``index`` (set at fit start from the datamodule)."""
@@ -226,7 +240,6 @@ class OnlinePolicyModule(PolicyModule):
         from cwpo.evaluation.generate import (
             GenerationConfig,
             decode_completions,
-            eos_token_ids,
             hf_generation_config,
             prompt_seed,
             sampling_processors,
@@ -242,7 +255,7 @@ class OnlinePolicyModule(PolicyModule):
                                   progress=False)  # fmt: skip
         base = prompt_seed(hp.sample_seed, self.current_epoch)
         seeds = [prompt_seed(base, 2 * i + k) for i in index for k in (0, 1)]
-        eos_ids = eos_token_ids(self.policy, tokenizer)
+        eos_ids = self._eos_ids
         input_ids = batch["input_ids"].repeat_interleave(2, dim=0)
         attention_mask = batch["attention_mask"].repeat_interleave(2, dim=0)
         with torch.no_grad(), eval_mode(self.policy):
@@ -260,8 +273,7 @@ class OnlinePolicyModule(PolicyModule):
         ]
 
         first, second = texts[0::2], texts[1::2]
-        score_1, score_2 = annotator_scores(self.annotator, prompts, first, second, max_length=hp.annotator_max_length,
-                                            chat_template_for_text=hp.chat_template_for_text)  # fmt: skip
+        score_1, score_2 = annotator_scores(self.annotator, self.annotator_tokenizer, prompts, first, second)
         margin = (score_1 - score_2).float().cpu()
         identical = torch.tensor([a == b for a, b in zip(first, second, strict=True)])
         margin = margin.masked_fill(identical, 0.0)  # the same response is no preference at all

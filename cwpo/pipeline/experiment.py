@@ -252,6 +252,26 @@ class Experiment:
         return self._sft_stage("sft", base, _spec(strong.backbone, seed), strong.sft_lora, dataset, part, seed,
                                strong.sft_epochs, strong.sft_lr, strong.batch_size)  # fmt: skip
 
+    def _policy_kwargs(self, folder: Path, lora, method: MethodSpec, *, lr: float, beta: float) -> dict[str, Any]:
+        """The arguments PolicyModule and OnlinePolicyModule share: objective, weighting, reference, optimiser, export."""
+        strong = self.config.strong
+        reference = strong.reference
+        if method.online and reference == "precomputed":
+            reference = "adapter_disabled"  # on-policy pairs are new at every step: nothing to precompute
+        if lora is None and reference == "adapter_disabled":
+            reference = "separate"  # a full fine-tune has no adapter to switch off
+        return {
+            "lora": lora,
+            "optim": OptimConfig(lr=lr, warmup_steps=strong.warmup_steps),
+            "objective": method.objective,
+            "beta": beta,
+            "tau": strong.tau,
+            "epsilon": strong.epsilon,
+            "weighting": method.weighting,
+            "reference": reference,
+            "export_dir": str(folder / ("adapter" if lora is not None else "model")),
+        }
+
     def _fit_policy(self, folder, model, lora, method, dataset, part, seed, *, epochs, lr, beta, batch_size):
         import lightning as L
 
@@ -259,25 +279,12 @@ class Experiment:
 
         L.seed_everything(seed, workers=True, verbose=False)
         spec, init_adapter = model
-        strong = self.config.strong
-        if lora is None:
-            reference = "separate" if strong.reference == "adapter_disabled" else strong.reference
-        else:
-            reference = strong.reference
         module = PolicyModule(
             spec,
-            lora=lora,
-            optim=OptimConfig(lr=lr, warmup_steps=strong.warmup_steps),
-            objective=method.objective,
-            beta=beta,
-            tau=strong.tau,
-            epsilon=strong.epsilon,
-            weighting=method.weighting,
-            top_n_fraction=method.top_n_fraction,
-            reference=reference,
-            reference_cache_dir=str(folder / "reference_cache"),
             init_adapter=init_adapter,
-            export_dir=str(folder / ("adapter" if lora is not None else "model")),
+            top_n_fraction=method.top_n_fraction,
+            reference_cache_dir=str(folder / "reference_cache"),
+            **self._policy_kwargs(folder, lora, method, lr=lr, beta=beta),
         )
         data = self._datamodule("PairDataModule", dataset, spec, part, seed, batch_size)
         trainer = _trainer(folder, epochs, self.config.trainer)
@@ -325,30 +332,18 @@ class Experiment:
 
             L.seed_everything(seed, workers=True, verbose=False)
             spec, init_adapter = self._sft_model(sft, strong.backbone, seed)
-            lora = strong.po_lora
-            reference = strong.reference if strong.reference != "precomputed" else "adapter_disabled"
-            if lora is None:
-                reference = "separate"
             module = OnlinePolicyModule(
                 spec,
                 str(annotator.path / "annotator"),
-                lora=lora,
-                optim=OptimConfig(lr=strong.po_lr, warmup_steps=strong.warmup_steps),
-                objective=method.objective,
-                beta=strong.beta,
-                tau=strong.tau,
-                epsilon=strong.epsilon,
-                weighting=method.weighting,
-                confidence=method.scheme,
-                reference=reference,
                 init_adapter=init_adapter,
-                export_dir=str(folder / ("adapter" if lora is not None else "model")),
+                confidence=method.scheme,
                 max_new_tokens=strong.online_max_new_tokens,
                 temperature=strong.online_temperature,
                 sample_seed=seed,
                 annotator_max_length=data.max_length,
                 chat_template_for_text=data.chat_template_for_text,
                 monitor_judge=monitor,
+                **self._policy_kwargs(folder, strong.po_lora, method, lr=strong.po_lr, beta=strong.beta),
             )
             prompts = self._datamodule("PromptDataModule", data.dataset, spec, "d_u", seed, strong.online_batch_size)
             trainer = _trainer(folder, strong.po_epochs, self.config.trainer)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.tiny import TINY as TINY_LLAMA
+
 WORDS = (
     "the a cat dog sat on mat is good bad very help me please what how why answer question Human Assistant : ? . ,"
     " yes no maybe i you it this that and or not to of in"
@@ -25,17 +27,6 @@ def build_word_tokenizer():
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
     )
-
-
-TINY_LLAMA = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 128,
-}
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import torch
 from torch.testing import assert_close
 
 from cwpo.errors import ConfigError, CwpoError
-from cwpo.models import LoraSpec, ModelSpec, load_causal_lm
+from cwpo.models import LoraSpec, load_causal_lm
 from cwpo.modules.export import (
     ADAPTER_WEIGHTS,
     check_adapter_file,
@@ -19,22 +19,10 @@ from cwpo.modules.export import (
     merge_adapter,
 )
 from cwpo.modules.policy import PolicyModule
+from tests.tiny import TINY, tiny_spec
 
-TINY = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 128,
-}
 IDS = torch.tensor([[5, 17, 33, 48, 90, 101, 2], [7, 8, 9, 10, 11, 2, 0]])
 MASK = torch.tensor([[1] * 7, [1] * 6 + [0]])
-
-
-def tiny_spec() -> ModelSpec:
-    return ModelSpec("synthetic", config=dict(TINY), from_scratch=True)
 
 
 @pytest.fixture(scope="module")

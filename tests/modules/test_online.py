@@ -11,24 +11,11 @@ import torch
 from cwpo.annotation.loading import export_annotator
 from cwpo.data import PromptDataModule
 from cwpo.errors import ConfigError
-from cwpo.models import LoraSpec, ModelSpec
+from cwpo.models import LoraSpec
 from cwpo.modules.annotator import AnnotatorModule
-from cwpo.modules.online import OnlinePolicyModule, annotator_scores
+from cwpo.modules.online import OnlinePolicyModule, annotator_scores, annotator_tokenizer
 from cwpo.modules.optim import OptimConfig
-
-TINY = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 128,
-}
-
-
-def tiny_spec(seed: int = 0) -> ModelSpec:
-    return ModelSpec("synthetic", config=dict(TINY), from_scratch=True, seed=seed)
+from tests.tiny import tiny_spec
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +42,24 @@ def make(annotator_dir, **kwargs) -> OnlinePolicyModule:
     return module
 
 
-def test_sampled_pairs_are_ordered_and_weighted_by_the_annotator(annotator_dir):
+def ready_to_sample(annotator_dir, **kwargs) -> tuple[OnlinePolicyModule, dict[str, torch.Tensor]]:
+    """A module that knows the prompts' text, and the first prompt batch of :func:`prompts_data`."""
     data = prompts_data()
-    module = make(annotator_dir, temperature=2.0)
+    module = make(annotator_dir, **kwargs)
     module.set_prompts(data.train_dataset["prompt"])
-    batch = next(iter(data.train_dataloader()))
+    return module, next(iter(data.train_dataloader()))
+
+
+def test_sampled_pairs_are_ordered_and_weighted_by_the_annotator(annotator_dir):
+    module, batch = ready_to_sample(annotator_dir, temperature=2.0)
     pairs, sampled = module.sample_pairs(batch)
     b = batch["input_ids"].shape[0]
     assert pairs["input_ids"].shape[0] == 2 * b and pairs["weights"].shape == (b,)
 
     # The annotator, asked again about (chosen, rejected), prefers chosen; c = 2σ(|Δ|) - 1 of that margin.
-    s_chosen, s_rejected = annotator_scores(module.annotator, sampled["prompts"], sampled["chosen"],
-                                            sampled["rejected"], max_length=64)  # fmt: skip
+    scorer = annotator_tokenizer(module.annotator, max_length=64)
+    s_chosen, s_rejected = annotator_scores(module.annotator, scorer, sampled["prompts"], sampled["chosen"],
+                                            sampled["rejected"])  # fmt: skip
     margin = (s_chosen - s_rejected).masked_fill(sampled["identical"], 0.0)
     assert (margin >= -1e-6).all()
     torch.testing.assert_close(pairs["weights"], 2 * torch.sigmoid(margin.abs()) - 1, atol=1e-5, rtol=1e-5)
@@ -85,15 +78,11 @@ def test_sampled_pairs_are_ordered_and_weighted_by_the_annotator(annotator_dir):
 
 
 def test_sampling_is_seeded_by_epoch_and_prompt(annotator_dir):
-    data = prompts_data()
-    module = make(annotator_dir, temperature=1.5)
-    module.set_prompts(data.train_dataset["prompt"])
-    batch = next(iter(data.train_dataloader()))
+    module, batch = ready_to_sample(annotator_dir, temperature=1.5)
     _, first = module.sample_pairs(batch)
     _, again = module.sample_pairs(batch)
     assert first["chosen"] == again["chosen"] and first["rejected"] == again["rejected"]
-    other = make(annotator_dir, temperature=1.5, sample_seed=1)
-    other.set_prompts(data.train_dataset["prompt"])
+    other, _ = ready_to_sample(annotator_dir, temperature=1.5, sample_seed=1)
     _, moved = other.sample_pairs(batch)
     assert (moved["chosen"], moved["rejected"]) != (first["chosen"], first["rejected"])
 

@@ -8,24 +8,12 @@ from torch.testing import assert_close
 
 from cwpo.errors import ConfigError
 from cwpo.losses import ipo_loss, rdpo_loss
-from cwpo.models import LoraSpec, ModelSpec
+from cwpo.models import LoraSpec
 from cwpo.modules.optim import OptimConfig
 from cwpo.modules.policy import PolicyModule
+from tests.tiny import tiny_spec
 
-TINY = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 128,
-}
 NO_DROPOUT = LoraSpec(dropout=0.0)
-
-
-def tiny_spec() -> ModelSpec:
-    return ModelSpec("synthetic", config=dict(TINY), from_scratch=True)
 
 
 def pair_batch(pairs: int = 4, seed: int = 0, weights: list[float] | None = None) -> dict[str, torch.Tensor]:

@@ -306,23 +306,12 @@ class TestRefusals:
 class TestPolicyModuleIntegration:
     """``PolicyModule(prefix_sharing=True)`` on prefix batches == ``prefix_sharing=False`` on pair batches."""
 
-    TINY = {
-        "model_type": "llama",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 128,
-    }
-
     def _module(self, **kwargs):
-        from cwpo.models import LoraSpec, ModelSpec
+        from cwpo.models import LoraSpec
         from cwpo.modules.policy import PolicyModule
+        from tests.tiny import tiny_spec
 
-        module = PolicyModule(
-            ModelSpec("synthetic", config=dict(self.TINY), from_scratch=True), lora=LoraSpec(dropout=0.0), **kwargs
-        )
+        module = PolicyModule(tiny_spec(), lora=LoraSpec(dropout=0.0), **kwargs)
         module.configure_model()
         generator = torch.Generator().manual_seed(1)
         with torch.no_grad():  # a policy that differs from its reference

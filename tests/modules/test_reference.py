@@ -9,7 +9,7 @@ from torch.testing import assert_close
 from torch.utils.data import DataLoader, Dataset
 
 from cwpo.errors import DataError
-from cwpo.models import LoraSpec, ModelSpec
+from cwpo.models import LoraSpec
 from cwpo.modules.optim import OptimConfig
 from cwpo.modules.policy import PolicyModule
 from cwpo.modules.reference import (
@@ -19,20 +19,7 @@ from cwpo.modules.reference import (
     length_sorted_loader,
     row_lengths,
 )
-
-TINY = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 128,
-}
-
-
-def tiny_spec() -> ModelSpec:
-    return ModelSpec("synthetic", config=dict(TINY), from_scratch=True)
+from tests.tiny import tiny_spec
 
 
 def pair_rows(n: int, seed: int = 0) -> list[dict]:

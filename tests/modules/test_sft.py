@@ -6,23 +6,10 @@ import lightning as L
 import torch
 from torch.testing import assert_close
 
-from cwpo.models import LoraSpec, ModelSpec
+from cwpo.models import LoraSpec
 from cwpo.modules.optim import OptimConfig
 from cwpo.modules.sft import SFTModule
-
-TINY = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 128,
-}
-
-
-def tiny_spec() -> ModelSpec:
-    return ModelSpec("synthetic", config=dict(TINY), from_scratch=True)
+from tests.tiny import tiny_spec
 
 
 def sft_batch(rows: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
