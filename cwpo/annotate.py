@@ -76,10 +76,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--devices", type=_devices, default=1, help="devices per node (an int, 'auto' or '0,1')")
     parser.add_argument("--strategy", default="auto", help="Lightning strategy (auto, ddp, ...)")
     parser.add_argument("--num-nodes", type=int, default=1, help="nodes")
-    parser.add_argument("--precision", default=None, help="Lightning precision (32-true, bf16-mixed, ...)")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (bf16 autocast where the hardware runs bf16 fast and the annotator is >= 256 wide), fp32, bf16, "
+        "or a Lightning precision (32-true, bf16-mixed, ...)",
+    )
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per rank")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
+
+
+def _precision(precision: str, annotator: str, accelerator: str) -> str:
+    """A Lightning precision: ``auto``/``fp32``/``bf16`` resolved for the annotator's width, others as given."""
+    from cwpo.models import ModelSpec, hidden_size
+    from cwpo.precision import PRECISIONS, resolve_precision
+
+    if precision not in PRECISIONS:
+        return precision
+    try:
+        width = hidden_size(ModelSpec(annotator))
+    except Exception:  # not a model folder (yet): annotate_dataset says what is wrong with it
+        width = None
+    return resolve_precision(precision, hidden_size=width, accelerator=accelerator)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "strategy": args.strategy,
         "num_nodes": args.num_nodes,
     }
-    if args.precision is not None:
-        trainer["precision"] = args.precision
+    trainer["precision"] = _precision(args.precision, args.annotator, args.accelerator)
     try:
         result = annotate_dataset(
             args.annotator,

@@ -192,6 +192,19 @@ def _build(auto_cls, spec: ModelSpec, tokenizer, **config_extra):
     return auto_cls.from_pretrained(path, **kwargs)
 
 
+def hidden_size(spec: ModelSpec | str | dict) -> int | None:
+    """The model's hidden width, read from its config without loading weights (``None`` when it has none)."""
+    spec = as_model_spec(spec)
+    if spec.from_scratch:
+        values = spec.config or {}
+    else:
+        values = _config(spec, None).to_dict()
+    for key in ("hidden_size", "d_model", "n_embd", "dim"):
+        if isinstance(values.get(key), int):
+            return values[key]
+    return None
+
+
 def load_causal_lm(spec: ModelSpec | str | dict, tokenizer=None):
     """A causal LM for ``spec`` (random init when ``spec.from_scratch``)."""
     from transformers import AutoModelForCausalLM

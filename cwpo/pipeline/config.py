@@ -11,6 +11,7 @@ from typing import Any
 from cwpo.errors import ConfigError
 from cwpo.models import LoraSpec
 from cwpo.pipeline.methods import parse_method
+from cwpo.precision import PRECISIONS
 
 
 def _tiny_llama(hidden: int, layers: int, heads: int) -> dict[str, Any]:
@@ -160,6 +161,9 @@ class ExperimentConfig:
         eval: generation and judge.
         trainer: extra ``lightning.Trainer`` arguments for every training stage (accelerator, devices,
             precision, strategy).
+        precision: ``auto`` (bf16 autocast where the hardware runs bf16 fast and the model is at least 256 wide,
+            else float32; resolved per model, see :mod:`cwpo.precision`), ``fp32`` or ``bf16``. A ``precision``
+            in ``trainer`` overrides it.
         torch_threads: CPU threads for torch (``None``: torch's default). Tiny models run fastest on one thread:
             with two, each small matmul pays more in thread hand-off than it gains (measured 13x slower on a
             loaded 2-core machine).
@@ -174,6 +178,7 @@ class ExperimentConfig:
     strong: StrongConfig = field(default_factory=StrongConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
+    precision: str = "auto"
     torch_threads: int | None = 1
 
     def __post_init__(self) -> None:
@@ -183,3 +188,5 @@ class ExperimentConfig:
             raise ConfigError("methods must name at least one method")
         for name in self.methods:
             parse_method(name)  # ConfigError naming the valid forms
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")

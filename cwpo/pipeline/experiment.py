@@ -19,11 +19,12 @@ from typing import Any
 import torch
 
 from cwpo.io import write_json
-from cwpo.models import ModelSpec, as_model_spec
+from cwpo.models import ModelSpec, as_model_spec, hidden_size
 from cwpo.modules.optim import OptimConfig
 from cwpo.pipeline.config import ExperimentConfig
 from cwpo.pipeline.methods import MethodSpec, parse_method
 from cwpo.pipeline.stages import StageResult, StageRunner
+from cwpo.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,18 @@ def _trainer(folder: Path, epochs: int, extra: dict[str, Any], *, validate: bool
     return L.Trainer(**settings)
 
 
+def _stage_trainer(config: ExperimentConfig, backbone: Any) -> dict[str, Any]:
+    """``config.trainer`` with the Lightning precision that ``config.precision`` gives for ``backbone`` (an explicit
+    ``trainer.precision`` wins)."""
+    extra = _plain(config.trainer)
+    if "precision" not in extra:
+        hidden = hidden_size(as_model_spec(backbone if not isinstance(backbone, dict) else dict(backbone)))
+        extra["precision"] = resolve_precision(
+            config.precision, hidden_size=hidden, accelerator=extra.get("accelerator")
+        )
+    return extra
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Lightning announces devices and tips at every Trainer; a pipeline of dozens of them should not."""
@@ -97,6 +110,9 @@ class Experiment:
         self.stages = StageRunner(self.run_dir)
         self.methods = [parse_method(name) for name in config.methods]
         self._annotator_stages: dict[int, StageResult] = {}
+        # Trainer settings of the weak and the strong model's stages, the resolved precision included (in stage keys).
+        self.weak_trainer = _stage_trainer(config, config.weak.backbone)
+        self.strong_trainer = _stage_trainer(config, config.strong.backbone)
 
     # -- data -----------------------------------------------------------------------------------------------
     @property
@@ -136,7 +152,7 @@ class Experiment:
     def annotator(self, seed: int) -> StageResult:
         weak = self.config.weak
         inputs = {**self._data_inputs, "seed": seed, "backbone": _plain(weak.backbone), "epochs": weak.epochs,
-                  "batch_size": weak.batch_size, "lr": weak.lr, "trainer": _plain(self.config.trainer)}  # fmt: skip
+                  "batch_size": weak.batch_size, "lr": weak.lr, "trainer": self.weak_trainer}  # fmt: skip
 
         def fit(folder: Path) -> dict[str, Any]:
             import lightning as L
@@ -149,7 +165,7 @@ class Experiment:
             module = AnnotatorModule(spec, optim=OptimConfig(lr=weak.lr, optimizer="adam", scheduler="constant"))
             data = self._datamodule("PairDataModule", self.config.data.dataset, spec, "d_l", seed, weak.batch_size,
                                     val_part="holdout", val_fraction=0.1)  # fmt: skip
-            trainer = _trainer(folder, weak.epochs, self.config.trainer, validate=True)
+            trainer = _trainer(folder, weak.epochs, self.weak_trainer, validate=True)
             start = time.perf_counter()
             trainer.fit(module, data)
             seconds = time.perf_counter() - start
@@ -160,7 +176,8 @@ class Experiment:
 
     def annotate(self, seed: int, annotator: StageResult) -> StageResult:
         weak = self.config.weak
-        inputs = {**self._data_inputs, "seed": seed, "annotator": annotator.key, "confidence": weak.confidence}
+        inputs = {**self._data_inputs, "seed": seed, "annotator": annotator.key, "confidence": weak.confidence,
+                  "precision": self.weak_trainer["precision"]}  # fmt: skip
 
         def label(folder: Path) -> dict[str, Any]:
             from cwpo.annotation.annotate import annotate_dataset
@@ -178,6 +195,7 @@ class Experiment:
                 chat_template_for_text=self.config.data.chat_template_for_text,
                 report_dir=folder,
                 progress=False,
+                trainer={"precision": self.weak_trainer["precision"]},
             )
             return {"n_pairs": result.n_pairs, "agreement": result.agreement,
                     "pairs_per_second": result.pairs_per_second}  # fmt: skip
@@ -191,7 +209,7 @@ class Experiment:
             **self._data_inputs,
             "seed": seed,
             "backbone": _plain(weak.backbone),
-            "trainer": _plain(self.config.trainer),
+            "trainer": self.weak_trainer,
         }
         sft = self._sft_stage("ws_sft", base, _spec(weak.backbone, seed), None, self.config.data.dataset, "d_l", seed,
                               weak.ws_sft_epochs, weak.ws_lr, weak.batch_size)  # fmt: skip
@@ -200,7 +218,8 @@ class Experiment:
         def train_policy(folder: Path) -> dict[str, Any]:
             self._fit_policy(folder, self._sft_model(sft, weak.backbone, seed), None, MethodSpec("ws", "human"),
                              self.config.data.dataset, "d_l", seed, epochs=weak.ws_dpo_epochs, lr=weak.ws_lr,
-                             beta=weak.ws_beta, batch_size=weak.batch_size)  # fmt: skip
+                             beta=weak.ws_beta, batch_size=weak.batch_size,
+                             trainer=self.weak_trainer)  # fmt: skip
             return {}
 
         policy = self.stages.run("ws_policy", policy_inputs, train_policy)
@@ -231,7 +250,7 @@ class Experiment:
             warmup = self.config.strong.warmup_steps
             module = SFTModule(spec, lora=lora, optim=OptimConfig(lr=lr, warmup_steps=warmup), export_dir=str(out))
             data = self._datamodule("SFTDataModule", dataset, spec, part, seed, batch_size)
-            trainer = _trainer(folder, epochs, self.config.trainer)
+            trainer = _trainer(folder, epochs, base_inputs["trainer"])
             trainer.fit(module, data)
             return {"train_loss": _metric(trainer, "train/loss")}
 
@@ -248,7 +267,7 @@ class Experiment:
         strong = self.config.strong
         dataset, part, label_key = labels
         base = {**self._data_inputs, "seed": seed, "backbone": _plain(strong.backbone), "labels": label_key,
-                "trainer": _plain(self.config.trainer)}  # fmt: skip
+                "trainer": self.strong_trainer}  # fmt: skip
         return self._sft_stage("sft", base, _spec(strong.backbone, seed), strong.sft_lora, dataset, part, seed,
                                strong.sft_epochs, strong.sft_lr, strong.batch_size)  # fmt: skip
 
@@ -272,7 +291,7 @@ class Experiment:
             "export_dir": str(folder / ("adapter" if lora is not None else "model")),
         }
 
-    def _fit_policy(self, folder, model, lora, method, dataset, part, seed, *, epochs, lr, beta, batch_size):
+    def _fit_policy(self, folder, model, lora, method, dataset, part, seed, *, epochs, lr, beta, batch_size, trainer):
         import lightning as L
 
         from cwpo.modules.policy import PolicyModule
@@ -287,7 +306,7 @@ class Experiment:
             **self._policy_kwargs(folder, lora, method, lr=lr, beta=beta),
         )
         data = self._datamodule("PairDataModule", dataset, spec, part, seed, batch_size)
-        trainer = _trainer(folder, epochs, self.config.trainer)
+        trainer = _trainer(folder, epochs, trainer)
         trainer.fit(module, data)
         return trainer
 
@@ -297,7 +316,7 @@ class Experiment:
         inputs = {**self._data_inputs, "seed": seed, "sft": sft.key, "labels": label_key,
                   "method": _plain(method) | {"name": None}, "lora": _plain(strong.po_lora), "epochs": strong.po_epochs,
                   "lr": strong.po_lr, "beta": strong.beta, "tau": strong.tau, "epsilon": strong.epsilon,
-                  "reference": strong.reference, "batch_size": strong.batch_size, "trainer": _plain(self.config.trainer)}  # fmt: skip
+                  "reference": strong.reference, "batch_size": strong.batch_size, "trainer": self.strong_trainer}  # fmt: skip
         if method.online:
             return self._online_po(seed, method, sft, inputs)
 
@@ -307,7 +326,8 @@ class Experiment:
                 labels_path = str(_rescheme(Path(dataset), folder / "labels.jsonl", method.scheme))
             trainer = self._fit_policy(folder, self._sft_model(sft, strong.backbone, seed), strong.po_lora, method,
                                        labels_path, part, seed, epochs=strong.po_epochs, lr=strong.po_lr,
-                                       beta=strong.beta, batch_size=strong.batch_size)  # fmt: skip
+                                       beta=strong.beta, batch_size=strong.batch_size,
+                                       trainer=self.strong_trainer)  # fmt: skip
             return {
                 "train_loss": _metric(trainer, "train/loss"),
                 "reward_accuracy": _metric(trainer, "rewards/accuracies"),
@@ -346,7 +366,7 @@ class Experiment:
                 **self._policy_kwargs(folder, strong.po_lora, method, lr=strong.po_lr, beta=strong.beta),
             )
             prompts = self._datamodule("PromptDataModule", data.dataset, spec, "d_u", seed, strong.online_batch_size)
-            trainer = _trainer(folder, strong.po_epochs, self.config.trainer)
+            trainer = _trainer(folder, strong.po_epochs, self.strong_trainer)
             trainer.fit(module, prompts)
             return {"train_loss": _metric(trainer, "train/loss"), "reward_accuracy": _metric(trainer, "rewards/accuracies"),
                     "gold_agreement_last_epoch": _metric(trainer, "online/gold_agreement_epoch"),
@@ -367,7 +387,8 @@ class Experiment:
     def generate(self, seed: int, model_stage: StageResult, model: tuple[ModelSpec, str | None], adapter: str | None):
         ev = self.config.eval
         inputs = {"model": model_stage.key, "seed": seed, "eval": _plain(ev) | {"judge": None},
-                  "data": self._data_inputs, "test_prompts": self.config.data.test_prompts}  # fmt: skip
+                  "data": self._data_inputs, "test_prompts": self.config.data.test_prompts,
+                  "trainer": self.strong_trainer}  # fmt: skip
 
         def run(folder: Path) -> dict[str, Any]:
             from cwpo.evaluation.generate import GenerationConfig, default_trainer, generate
@@ -382,7 +403,7 @@ class Experiment:
             config = GenerationConfig(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, top_p=ev.top_p,
                                       seed=seed, batch_size=ev.batch_size, progress=False,
                                       chat_template_for_text=self.config.data.chat_template_for_text)  # fmt: skip
-            trainer = default_trainer(**self.config.trainer)
+            trainer = default_trainer(**self.strong_trainer)
             records = generate(lm, load_tokenizer(spec), self._test_prompts(), config, trainer=trainer,
                                output_path=folder / "generations.jsonl")  # fmt: skip
             return {
