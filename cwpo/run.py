@@ -45,22 +45,23 @@ def main(argv: list[str] | None = None) -> int:
     from cwpo.evaluation.report import build_report
     from cwpo.pipeline.experiment import Experiment
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     experiment = Experiment(config)
     rows = experiment.run()
     elapsed = time.perf_counter() - start
     command = " ".join(["cwpo run", *map(shlex.quote, argv)])
     annotated = None
-    annotate_dirs = sorted((Path(config.run_dir) / "annotate").glob("*/d_u_labelled.jsonl"))
+    annotate_dirs = experiment.annotated_files()
     if annotate_dirs:
         from cwpo.data.files import iter_rows
 
-        annotated = [row for _, row in iter_rows(annotate_dirs[0])]
+        annotated = [row for path in annotate_dirs for _, row in iter_rows(path)]  # every seed's weak labels
     paths = build_report(rows, Path(config.run_dir) / "report", commands=[command], config_text=config_text,
                          annotated_records=annotated, title=config.name)  # fmt: skip
     print((Path(paths["markdown"])).read_text() if "markdown" in paths else "")
+    cpu = time.process_time() - cpu_start
     print(f"stages computed: {len(experiment.stages.computed)}, reused: {len(experiment.stages.reused)}; "
-          f"{elapsed:.0f} s; report: {paths.get('markdown')}")  # fmt: skip
+          f"wall time {elapsed:.0f} s, CPU time of this process {cpu:.0f} s; report: {paths.get('markdown')}")  # fmt: skip
     return 0
 
 

@@ -85,11 +85,34 @@ class WeakConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """A pretraining stage for a strong model built from scratch: causal-LM training on unlabelled text of the
+    synthetic task (prompts with responses of every quality, :func:`cwpo.data.synthetic.pretraining_records`), so
+    that SFT and preference optimisation start from a miniature pretrained LM rather than random weights. One
+    pretrained model serves every seed, as one public checkpoint serves every run of a paper.
+
+    Args:
+        texts: number of prompt + response texts (drawn fresh from the generator; no labels).
+        epochs: passes over them.
+        lr: learning rate (full training).
+        batch_size: texts per batch.
+    """
+
+    texts: int = 20000
+    epochs: int = 1
+    lr: float = 3e-3
+    batch_size: int = 64
+
+
+@dataclass
 class StrongConfig:
     """The strong model: SFT on the chosen responses, then preference optimisation.
 
     Args:
         backbone: a :class:`cwpo.models.ModelSpec` value (paper: OPT-1.3B…13B, Qwen2.5-1.5B…14B).
+        pretrain: a pretraining stage before SFT for a ``from_scratch`` backbone on the synthetic task
+            (:class:`PretrainConfig`); ``None``: none (a pretrained backbone needs none; other data has no
+            generator of unlabelled text).
         sft_lora: LoRA for SFT; ``None`` for full fine-tuning (a model trained from scratch needs it).
         po_lora: LoRA for preference optimisation (paper: r 8, α 16, dropout 0.05).
         sft_epochs: SFT epochs (paper: 3).
@@ -108,6 +131,7 @@ class StrongConfig:
     """
 
     backbone: Any = field(default_factory=_strong_backbone)
+    pretrain: PretrainConfig | None = field(default_factory=PretrainConfig)
     sft_lora: LoraSpec | None = None
     po_lora: LoraSpec | None = field(default_factory=lambda: LoraSpec(r=8, alpha=16, dropout=0.0))
     sft_epochs: int = 4
