@@ -57,7 +57,9 @@ def method_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if rewards and len(rewards) == len(sft_rewards):
             entry["mean_gold_reward"], entry["gold_reward_se"] = _mean_se(rewards)
             entry["sft_mean_gold_reward"], entry["sft_gold_reward_se"] = _mean_se(sft_rewards)
-            entry["gold_gain"], entry["gold_gain_se"] = _mean_se([a - b for a, b in zip(rewards, sft_rewards, strict=True)])
+            entry["gold_gain"], entry["gold_gain_se"] = _mean_se(
+                [a - b for a, b in zip(rewards, sft_rewards, strict=True)]
+            )
         out.append(entry)
     return out
 
@@ -186,27 +188,56 @@ def diagnosis(records: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[st
     def length(text) -> int:
         return len(words.findall(str(text).lower()))
 
+    def repeats(text) -> int:  # repeated non-filler words: what the gold reward's repeat penalty counts
+        from cwpo.data.synthetic import FILLER
+
+        found = [w for w in words.findall(str(text).lower()) if w not in FILLER]
+        return len(found) - len(set(found))
+
     def mean(values) -> float:
         return sum(values) / max(len(values), 1)
 
-    weak_c, weak_r = mean([length(r["chosen"]) for r in rows]), mean([length(r["rejected"]) for r in rows])
     human_first = [r.get("human_label", 1) == 1 for r in rows]
-    hum_c = mean([length(r["chosen"] if h else r["rejected"]) for r, h in zip(rows, human_first, strict=True)])
-    hum_r = mean([length(r["rejected"] if h else r["chosen"]) for r, h in zip(rows, human_first, strict=True)])
     gold_first = [r["gold_reward_chosen"] > r["gold_reward_rejected"] for r in rows]
-    gold_c = mean([length(r["chosen"] if g else r["rejected"]) for r, g in zip(rows, gold_first, strict=True)])
-    gold_r = mean([length(r["rejected"] if g else r["chosen"]) for r, g in zip(rows, gold_first, strict=True)])
+    weak_first = [True] * len(rows)  # labelled rows are in the weak annotator's order
+
+    def sides(order, fn) -> str:
+        chosen = mean([fn(r["chosen"] if o else r["rejected"]) for r, o in zip(rows, order, strict=True)])
+        rejected = mean([fn(r["rejected"] if o else r["chosen"]) for r, o in zip(rows, order, strict=True)])
+        return f"{chosen:.2f} | {rejected:.2f}"
+
+    wrong = [not g for g in gold_first]  # pairs the weak annotator orders against gold
+    wrong_rows = [r for r, w in zip(rows, wrong, strict=True) if w]
+    human_wrong = [r for r, h, g in zip(rows, human_first, gold_first, strict=True) if h != g]
     lines += [
         "",
         f"Effective sample size of the confidence weights, (Σc)² / Σc²: {ess:.0f} of {len(rows)} pairs "
         f"({100 * ess / len(rows):.0f} %).",
         "",
-        "| labels | chosen (words) | rejected (words) |",
-        "|---|---:|---:|",
-        f"| weak annotator | {weak_c:.1f} | {weak_r:.1f} |",
-        f"| human | {hum_c:.1f} | {hum_r:.1f} |",
-        f"| gold order | {gold_c:.1f} | {gold_r:.1f} |",
+        "| labels | chosen (words) | rejected (words) | chosen (repeats) | rejected (repeats) |",
+        "|---|---:|---:|---:|---:|",
+        f"| weak annotator | {sides(weak_first, length)} | {sides(weak_first, repeats)} |",
+        f"| human | {sides(human_first, length)} | {sides(human_first, repeats)} |",
+        f"| gold order | {sides(gold_first, length)} | {sides(gold_first, repeats)} |",
     ]
+    if wrong_rows and human_wrong:
+        # the label errors: what the wrongly preferred response has more of than the gold-preferred one
+        def gap(part, fn, flip=False) -> float:
+            return mean([fn(r["rejected"] if flip else r["chosen"]) - fn(r["chosen"] if flip else r["rejected"])
+                         for r in part])  # fmt: skip
+
+        hw_flip = [r.get("human_label", 1) != 1 for r in human_wrong]
+        human_len = mean([(length(r["rejected"]) - length(r["chosen"])) if f else (length(r["chosen"]) -
+                          length(r["rejected"])) for r, f in zip(human_wrong, hw_flip, strict=True)])  # fmt: skip
+        human_rep = mean([(repeats(r["rejected"]) - repeats(r["chosen"])) if f else (repeats(r["chosen"]) -
+                          repeats(r["rejected"])) for r, f in zip(human_wrong, hw_flip, strict=True)])  # fmt: skip
+        lines += ["", "On the pairs a label orders against gold, the wrongly preferred response minus the other: "
+                  f"weak labels ({len(wrong_rows)} pairs) {gap(wrong_rows, length):+.2f} words and "
+                  f"{gap(wrong_rows, repeats):+.2f} repeats; human labels ({len(human_wrong)} pairs) "
+                  f"{human_len:+.2f} words and {human_rep:+.2f} repeats. Mean gold margin |Δr*| of those errors: "
+                  f"weak {mean([abs(r['gold_reward_chosen'] - r['gold_reward_rejected']) for r in wrong_rows]):.2f}, "
+                  f"human {mean([abs(r['gold_reward_chosen'] - r['gold_reward_rejected']) for r in human_wrong]):.2f} "
+                  f"(all pairs {mean([abs(r['gold_reward_chosen'] - r['gold_reward_rejected']) for r in rows]):.2f})."]  # fmt: skip
     ess_rows = [s for s in summary if s.get("label_ess") is not None]
     if ess_rows:
         lines += ["", "| method | training pairs | effective pairs (weights) | labels vs gold (weighted, %) |",

@@ -473,7 +473,7 @@ class Experiment:
             rewards = judge.score(prompts, answers).double()
             sft_rewards = judge.score(prompts, sft_answers).double()
             n = max(len(prompts), 1)
-            se = (lambda t: float(t.std(unbiased=True) / n**0.5) if t.numel() > 1 else 0.0)  # noqa: E731
+            se = lambda t: float(t.std(unbiased=True) / n**0.5) if t.numel() > 1 else 0.0  # noqa: E731
             out |= {"mean_gold_reward": float(rewards.mean()), "gold_reward_se": se(rewards),
                     "sft_mean_gold_reward": float(sft_rewards.mean()), "sft_gold_reward_se": se(sft_rewards),
                     "gold_gain": float((rewards - sft_rewards).mean()), "gold_gain_se": se(rewards - sft_rewards)}  # fmt: skip
