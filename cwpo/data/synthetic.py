@@ -369,3 +369,40 @@ def load_synthetic(
     records = generate_pairs(config, split)
     report = FilterReport(stage=f"synthetic {split} (T={config.temperature:g})", n_read=len(records))
     return build_dataset(records, report=report)
+
+
+def pretraining_records(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Unlabelled text of the task for a strong model's pretraining stage: ``n`` prompts, each with a response of
+    a random quality (the generator's own mixture, every quality from spam to on-topic), no preference.
+
+    Records are in the pair schema so the SFT data modules read them (``chosen`` is the text to model; ``rejected``
+    is a second independent response and carries no label). Drawn from their own random stream (split
+    ``pretrain``), so they are never the train or test pairs' responses.
+    """
+    if n < 1:
+        raise ConfigError(f"pretraining needs n >= 1 texts, got {n}")
+    rng = random.Random(f"cwpo-synthetic-{seed}-pretrain")
+    records = []
+    for i in range(n):
+        prompt = sample_prompt(rng)
+        topic = prompt_topic(prompt)
+        first, second = sample_response(rng, topic), sample_response(rng, topic)
+        if second == first:
+            second = first + " " + rng.choice(FILLER)
+        records.append({"id": f"synthetic-pretrain-{i}", "prompt": prompt, "chosen": " " + first,
+                        "rejected": " " + second, "human_label": 1, "source": "synthetic-pretrain"})  # fmt: skip
+    return records
+
+
+def answer_stats(prompt: str | list[dict[str, str]], response: str) -> dict[str, float]:
+    """What one answer is made of: its gold reward, word count and the share of its words that are the prompt
+    topic's (on-topic), harmful, or other topics' (off-topic)."""
+    topic = prompt_topic(prompt)
+    words = response_words(response)
+    n = len(words)
+    on = sum(1 for w in words if _WORD_TOPIC.get(w) == topic)
+    off = sum(1 for w in words if w in _WORD_TOPIC and _WORD_TOPIC[w] != topic)
+    harm = sum(1 for w in words if w in _HARMFUL)
+    share = (lambda k: k / n) if n else (lambda k: 0.0)
+    return {"gold_reward": gold_reward(prompt, response), "words": float(n), "on_topic": share(on),
+            "off_topic": share(off), "harmful": share(harm)}  # fmt: skip

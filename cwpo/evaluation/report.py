@@ -122,9 +122,10 @@ def results_table(rows: Sequence[Mapping[str, Any]], metric: str = "gra", decima
 
 def ties_table(rows: Sequence[Mapping[str, Any]], metric: str = "gra", decimals: int = 1) -> str | None:
     """Mean ties (% of prompts) per method and objective, or ``None`` when no row has ``ties``."""
-    if not any(r.get("ties") is not None for r in rows):
+    key = "ties_pct" if any(r.get("ties_pct") is not None for r in rows) else "ties"
+    if not any(r.get(key) is not None for r in rows):
         return None
-    tie_rows = [{**r, "_ties": r["ties"]} for r in rows if r.get("ties") is not None]
+    tie_rows = [{**r, "_ties": r[key]} for r in rows if r.get(key) is not None]
     return results_table(tie_rows, metric="_ties", decimals=decimals)
 
 
@@ -174,7 +175,6 @@ def plot_metric_by_method(
                 heights.append(entry["mean"])
                 errors.append(entry["std"] or 0.0)
             axis.bar(xs, heights, width=width, yerr=errors, capsize=3, label=str(objective))
-        axis.axhline(50, color="grey", linestyle=":", linewidth=1)
         axis.set_xticks(range(len(methods)))
         axis.set_xticklabels([str(m) for m in methods])
         axis.set_ylabel(ylabel)
@@ -262,7 +262,10 @@ def build_report(
     """
     rows = [dict(r) for r in rows]
     out = Path(out_dir)
-    summary = summarize(rows, metric)
+    # the pipeline's rows name the method (``cw-dpo``) and its table cell (``family``, ``objective``)
+    grid_rows = [{**r, "method": r.get("family", r["method"]), **({"ties": r["ties_pct"]} if "ties_pct" in r else {})}
+                 for r in rows]  # fmt: skip
+    summary = summarize(grid_rows, metric)
     commands_list = [commands] if isinstance(commands, str) else list(commands)
     configs = {"config": config_text} if isinstance(config_text, str) else dict(config_text)
     configs = {name: text for name, text in configs.items() if text}
@@ -275,26 +278,38 @@ def build_report(
     }
     label = "GRA (%)" if metric == "gra" else metric
     plot_metric_by_method(summary, paths["plot"], ylabel=label)
+    records = None
+    if annotated_records is not None:
+        records = list(annotated_records.to_list() if hasattr(annotated_records, "to_list") else annotated_records)
+    alignment, methods, compared = [], None, None
+    if rows and all(k in rows[0] for k in ("wins", "losses", "n")):
+        from cwpo.evaluation.alignment_report import alignment_sections
+
+        alignment, plots, methods, compared = alignment_sections(rows, out, records)
+        paths.update(plots)
+        paths["methods_csv"], paths["comparisons_csv"] = out / "methods.csv", out / "comparisons.csv"
+    if any("per_prompt" in r for r in rows):
+        paths["per_prompt"] = out / "per_prompt.json"
 
     annotator = None
-    if annotated_records is not None:
+    if records is not None:
         from cwpo.annotation.report import annotator_report
 
-        records = list(annotated_records.to_list() if hasattr(annotated_records, "to_list") else annotated_records)
         confidences = _confidences(records)
         paths["confidence_hist"] = plot_confidence_histogram(confidences, out / "confidence_hist.png")
         annotator = annotator_report(records)
         if annotator["n_labelled"]:
             paths["agreement_plot"] = plot_agreement_vs_confidence(annotator, out / "agreement_vs_confidence.png")
 
-    lines = [f"# {title}", "", f"## {label}: mean ± std over seeds", "", results_table(rows, metric, decimals).rstrip()]
+    lines = [f"# {title}", "", *alignment, *([""] if alignment else [])]
+    lines += [f"## {label}: mean ± std over seeds", "", results_table(grid_rows, metric, decimals).rstrip()]
     n_seeds = sorted({s["n_seeds"] for s in summary})
     lines += [
         "",
         f"Mean ± sample standard deviation (ddof 1) over seeds; seeds per cell: {', '.join(map(str, n_seeds))}. "
         "A cell with one seed shows no ±.",
     ]
-    ties = ties_table(rows, metric, decimals)
+    ties = ties_table(grid_rows, metric, decimals)
     if ties is not None:
         lines += ["", "## Ties (% of prompts, not counted as wins)", "", ties.rstrip()]
     lines += ["", f"![{label} by method]({paths['plot'].name})"]
@@ -323,11 +338,21 @@ def build_report(
         lines += ["", f"### {name}", "", *_fenced(text, "yaml")]
     lines += ["", "## Files", "", *(f"- `{p.name}`" for p in paths.values())]
 
+    per_prompt = [{"method": r["method"], "seed": r["seed"], **r["per_prompt"]} for r in rows if "per_prompt" in r]
+    rows = [{k: v for k, v in r.items() if k != "per_prompt"} for r in rows]
     write_text(paths["csv"], _csv_text(rows))
     write_text(paths["summary_csv"], _csv_text(summary))
+    extra: dict[str, Any] = {}
+    if methods is not None:
+        write_text(paths["methods_csv"], _csv_text(methods))
+        write_text(paths["comparisons_csv"], _csv_text(compared) if compared else "")
+        extra = {"methods": methods, "comparisons": compared}
+    if per_prompt:
+        write_json(paths["per_prompt"], per_prompt)
     write_json(
         paths["json"],
-        {"rows": rows, "summary": summary, "annotator": annotator, "commands": commands_list, "config": configs},
-    )
+        {"rows": rows, **extra, "summary": summary, "annotator": annotator, "commands": commands_list,
+         "config": configs},
+    )  # fmt: skip
     write_text(paths["markdown"], "\n".join(lines) + "\n")
     return paths

@@ -1,6 +1,7 @@
 """The experiment config of ``cwpo run``: one YAML names the data, the weak and strong models, the methods and
-the seeds. With no YAML, every field's default gives the embedded default: the synthetic task, tiny models,
-Human / WS-DPO / CW-DPO / CW-IPO / CW-rDPO / top-30 %, three seeds, a few minutes on a 2-core CPU.
+the seeds. With no YAML, every field's default gives the embedded default: the synthetic task, a tiny weak annotator and a
+tiny strong model pretrained on unlabelled task text, Human / Human-100 / WS-DPO / DPO (c = 1) / CW-DPO / CW-IPO /
+CW-rDPO / top-30 %, five seeds, 500 test prompts; PO settings chosen on the Human method alone.
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ class DataConfig:
         chat_template_for_text: send text prompts through the tokenizer's chat template.
     """
 
-    dataset: Any = field(default_factory=lambda: {"name": "synthetic", "args": {"n_pairs": 2400}})
+    dataset: Any = field(default_factory=lambda: {"name": "synthetic", "args": {"n_pairs": 2400, "n_test_pairs": 500}})
     split_ratio: float = 0.3
     max_length: int = 64
-    test_prompts: int | None = 200
+    test_prompts: int | None = 500
     chat_template_for_text: bool = False
 
     def __post_init__(self) -> None:
@@ -86,13 +87,38 @@ class WeakConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """A pretraining stage for a strong model built from scratch: causal-LM training on unlabelled text of the
+    synthetic task (prompts with responses of every quality, :func:`cwpo.data.synthetic.pretraining_records`), so
+    that SFT and preference optimisation start from a miniature pretrained LM rather than random weights. One
+    pretrained model serves every seed, as one public checkpoint serves every run of a paper.
+
+    Args:
+        texts: number of prompt + response texts (drawn fresh from the generator; no labels).
+        epochs: passes over them.
+        lr: learning rate (full training).
+        batch_size: texts per batch.
+    """
+
+    texts: int = 20000
+    epochs: int = 1
+    lr: float = 3e-3
+    batch_size: int = 64
+
+
+@dataclass
 class StrongConfig:
     """The strong model: SFT on the chosen responses, then preference optimisation.
 
     Args:
         backbone: a :class:`cwpo.models.ModelSpec` value (paper: OPT-1.3B…13B, Qwen2.5-1.5B…14B).
+        pretrain: a pretraining stage before SFT for a ``from_scratch`` backbone on the synthetic task
+            (:class:`PretrainConfig`); ``None``: none (a pretrained backbone needs none; other data has no
+            generator of unlabelled text).
         sft_lora: LoRA for SFT; ``None`` for full fine-tuning (a model trained from scratch needs it).
-        po_lora: LoRA for preference optimisation (paper: r 8, α 16, dropout 0.05).
+        po_lora: LoRA for preference optimisation (paper: r 8, α 16, dropout 0.05); ``None``: full fine-tuning
+            (the embedded default: the sweep on the Human method, ``benchmarks/sweep_human.py``, found LoRA r 8
+            on the tiny model either barely moving it or collapsing it).
         sft_epochs: SFT epochs (paper: 3).
         sft_lr: SFT learning rate.
         po_epochs: preference-optimisation epochs (paper: 5).
@@ -109,14 +135,15 @@ class StrongConfig:
     """
 
     backbone: Any = field(default_factory=_strong_backbone)
+    pretrain: PretrainConfig | None = field(default_factory=PretrainConfig)
     sft_lora: LoraSpec | None = None
-    po_lora: LoraSpec | None = field(default_factory=lambda: LoraSpec(r=8, alpha=16, dropout=0.0))
+    po_lora: LoraSpec | None = None
     sft_epochs: int = 4
     sft_lr: float = 3e-3
-    po_epochs: int = 2
+    po_epochs: int = 3
     po_lr: float = 5e-4
     batch_size: int = 32
-    beta: float = 0.5
+    beta: float = 0.3
     tau: float = 0.5
     epsilon: float = 0.1
     reference: str = "precomputed"
@@ -171,8 +198,10 @@ class ExperimentConfig:
 
     name: str = "synthetic (embedded default)"
     run_dir: str = "runs/default"
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    methods: list[str] = field(default_factory=lambda: ["human", "ws-dpo", "cw-dpo", "cw-ipo", "cw-rdpo", "top-30"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    methods: list[str] = field(
+        default_factory=lambda: ["human", "human-100", "ws-dpo", "dpo", "cw-dpo", "cw-ipo", "cw-rdpo", "top-30"]
+    )
     data: DataConfig = field(default_factory=DataConfig)
     weak: WeakConfig = field(default_factory=WeakConfig)
     strong: StrongConfig = field(default_factory=StrongConfig)

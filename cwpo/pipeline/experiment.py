@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from cwpo.errors import ConfigError
 from cwpo.io import write_json
 from cwpo.models import ModelSpec, as_model_spec, hidden_size
 from cwpo.modules.optim import OptimConfig
@@ -110,6 +111,8 @@ class Experiment:
         self.stages = StageRunner(self.run_dir)
         self.methods = [parse_method(name) for name in config.methods]
         self._annotator_stages: dict[int, StageResult] = {}
+        self._pretrained: StageResult | None = None
+        self._annotate_stages: dict[int, StageResult] = {}
         # Trainer settings of the weak and the strong model's stages, the resolved precision included (in stage keys).
         self.weak_trainer = _stage_trainer(config, config.weak.backbone)
         self.strong_trainer = _stage_trainer(config, config.strong.backbone)
@@ -261,14 +264,61 @@ class Experiment:
         if (sft.path / "model").exists():
             # The seed still matters for a saved model: it seeds the PO LoRA adapter's init (build_causal_lm).
             return ModelSpec(str(sft.path / "model"), seed=seed), None
-        return _spec(backbone, seed), str(sft.path / "adapter")
+        base = self._strong_start(seed) if backbone is self.config.strong.backbone else _spec(backbone, seed)
+        return base, str(sft.path / "adapter")
+
+    def pretrain(self) -> StageResult | None:
+        """The strong model's pretraining stage (one for every seed), or ``None`` when it has none: causal-LM
+        training from random weights on unlabelled synthetic text (:class:`cwpo.pipeline.config.PretrainConfig`)."""
+        strong, data = self.config.strong, self.config.data
+        spec = as_model_spec(_plain(strong.backbone))
+        if strong.pretrain is None or not spec.from_scratch:
+            return None
+        dataset = _plain(data.dataset)
+        name = dataset if isinstance(dataset, str) else dataset.get("name") if isinstance(dataset, dict) else None
+        if name != "synthetic":
+            raise ConfigError(
+                f"strong.pretrain needs the synthetic dataset (its generator writes the unlabelled text), got "
+                f"{dataset!r}; set strong.pretrain: null"
+            )
+        data_seed = int((dataset.get("args") or {}).get("seed", 0)) if isinstance(dataset, dict) else 0
+        settings = _plain(strong.pretrain)
+        inputs = {"backbone": _plain(strong.backbone), "pretrain": settings, "data_seed": data_seed,
+                  "max_length": data.max_length, "trainer": self.strong_trainer}  # fmt: skip
+
+        def fit(folder: Path) -> dict[str, Any]:
+            import lightning as L
+            from datasets import Dataset
+
+            from cwpo.data.files import save_pairs
+            from cwpo.data.synthetic import pretraining_records
+            from cwpo.modules.sft import SFTModule
+
+            corpus = save_pairs(Dataset.from_list(pretraining_records(settings["texts"], data_seed)),
+                                folder / "corpus.jsonl")  # fmt: skip
+            L.seed_everything(spec.seed, workers=True, verbose=False)
+            optim = OptimConfig(lr=settings["lr"], warmup_steps=strong.warmup_steps)
+            module = SFTModule(spec, lora=None, optim=optim, export_dir=str(folder / "model"))
+            loader = self._datamodule("SFTDataModule", str(corpus), spec, "all", spec.seed, settings["batch_size"])
+            trainer = _trainer(folder, settings["epochs"], self.strong_trainer)
+            trainer.fit(module, loader)
+            return {"train_loss": _metric(trainer, "train/loss"), "texts": settings["texts"]}
+
+        return self.stages.run("pretrain", inputs, fit)
+
+    def _strong_start(self, seed: int) -> ModelSpec:
+        """The strong model SFT starts from: the pretrained model when there is a pretraining stage."""
+        if self._pretrained is not None:
+            return ModelSpec(str(self._pretrained.path / "model"), seed=_spec(self.config.strong.backbone, seed).seed)
+        return _spec(self.config.strong.backbone, seed)
 
     def sft(self, seed: int, source: str, labels) -> StageResult:
         strong = self.config.strong
         dataset, part, label_key = labels
         base = {**self._data_inputs, "seed": seed, "backbone": _plain(strong.backbone), "labels": label_key,
-                "trainer": self.strong_trainer}  # fmt: skip
-        return self._sft_stage("sft", base, _spec(strong.backbone, seed), strong.sft_lora, dataset, part, seed,
+                "trainer": self.strong_trainer,
+                "pretrain": None if self._pretrained is None else self._pretrained.key}  # fmt: skip
+        return self._sft_stage("sft", base, self._strong_start(seed), strong.sft_lora, dataset, part, seed,
                                strong.sft_epochs, strong.sft_lr, strong.batch_size)  # fmt: skip
 
     def _policy_kwargs(self, folder: Path, lora, method: MethodSpec, *, lr: float, beta: float) -> dict[str, Any]:
@@ -422,7 +472,10 @@ class Experiment:
         return self._judge_cache
 
     def gra(self, aligned: StageResult, sft: StageResult) -> dict[str, Any]:
-        from cwpo.evaluation.metrics import evaluate_gra
+        """Aligned vs SFT answers to the same test prompts: GRA, wins / ties / losses, mean gold reward ± SE,
+        mean length and EOS rate of both, and the per-prompt values (``per_prompt``) for paired comparisons."""
+        from cwpo.evaluation.judges import judge_compare
+        from cwpo.evaluation.metrics import pairwise_accuracy
 
         def read(stage: StageResult) -> list[dict[str, Any]]:
             lines = (stage.path / "generations.jsonl").read_text().splitlines()
@@ -430,9 +483,102 @@ class Experiment:
 
         aligned_rows, sft_rows = read(aligned), read(sft)
         prompts = [row["prompt"] for row in aligned_rows]
-        result = evaluate_gra(self._judge(), prompts, [r["response"] for r in aligned_rows],
-                              [r["response"] for r in sft_rows])  # fmt: skip
-        return {"gra": result.gra, "ties": result.ties, "gra_se": result.se, "n": result.n}
+        answers, sft_answers = [r["response"] for r in aligned_rows], [r["response"] for r in sft_rows]
+        margins = judge_compare(self._judge(), prompts, answers, sft_answers).double()
+        result = pairwise_accuracy(margins)
+        out = {"gra": result.gra, "ties_pct": result.ties, "gra_se": result.se, "n": result.n, "wins": result.n_wins,
+               "ties": result.n_ties, "losses": result.n_losses}  # fmt: skip
+        judge = self._judge()
+        per_prompt: dict[str, list[float]] = {"outcome": torch.sign(margins).tolist()}
+        if hasattr(judge, "score"):
+            rewards = judge.score(prompts, answers).double()
+            sft_rewards = judge.score(prompts, sft_answers).double()
+            n = max(len(prompts), 1)
+            se = lambda t: float(t.std(unbiased=True) / n**0.5) if t.numel() > 1 else 0.0  # noqa: E731
+            out |= {"mean_gold_reward": float(rewards.mean()), "gold_reward_se": se(rewards),
+                    "sft_mean_gold_reward": float(sft_rewards.mean()), "sft_gold_reward_se": se(sft_rewards),
+                    "gold_gain": float((rewards - sft_rewards).mean()), "gold_gain_se": se(rewards - sft_rewards)}  # fmt: skip
+            per_prompt |= {"reward": rewards.tolist(), "sft_reward": sft_rewards.tolist()}
+        limit = self.config.eval.max_new_tokens
+        for prefix, rows in (("", aligned_rows), ("sft_", sft_rows)):
+            tokens = [r["n_new_tokens"] for r in rows]
+            # an answer ended if EOS came before the token limit (conservative: EOS as the very last token counts
+            # as not ended)
+            out[f"{prefix}mean_length"] = sum(tokens) / max(len(tokens), 1)
+            out[f"{prefix}eos_rate"] = sum(t < limit for t in tokens) / max(len(tokens), 1)
+        out["per_prompt"] = per_prompt
+        return out
+
+    def heldout(self, seed: int, po: StageResult, sft: StageResult, model, adapter: str | None) -> StageResult:
+        """Held-out preference accuracy against gold: on the test pairs, does the policy's implicit reward
+        ``log π(y|x) − log π_SFT(y|x)`` order the two responses as the gold reward does? (Ties count as wrong.)"""
+        inputs = {"po": po.key, "sft": sft.key, "seed": seed, "data": self._data_inputs}
+
+        def run(folder: Path) -> dict[str, Any]:
+            from cwpo.modules.export import merge_adapter
+            from cwpo.modules.sft import build_causal_lm
+            from cwpo.pipeline.implicit import _logps_table
+
+            reference = self._sft_model(sft, self.config.strong.backbone, seed)
+            test = self._datamodule("PairDataModule", self.config.data.dataset, reference[0], "test", seed, 64,
+                                    group_by_length=False)  # fmt: skip
+            test.setup("fit")
+            ref = _logps_table(build_causal_lm(reference[0], init_adapter=reference[1], trainable=False), test)
+            lm = build_causal_lm(model[0], init_adapter=model[1], trainable=False)
+            if adapter is not None:
+                lm = merge_adapter(lm, adapter)
+            h = (_logps_table(lm, test) - ref).double()
+            margin = h[:, 0] - h[:, 1]
+            rows = test.train_dataset
+            if "gold_reward_chosen" not in rows.column_names:
+                return {}
+            gold = torch.tensor(rows["gold_reward_chosen"], dtype=torch.float64) - torch.tensor(
+                rows["gold_reward_rejected"], dtype=torch.float64
+            )
+            correct = ((margin > 0) & (gold > 0)) | ((margin < 0) & (gold < 0))
+            human = margin > 0  # loaded pairs are in human order
+            return {"heldout_gold_accuracy": 100.0 * float(correct.double().mean()),
+                    "heldout_human_accuracy": 100.0 * float(human.double().mean()), "heldout_pairs": int(h.shape[0])}  # fmt: skip
+
+        return self.stages.run("heldout", inputs, run)
+
+    def label_stats(self, method: MethodSpec, labels) -> dict[str, Any]:
+        """How the pairs a method trains on agree with the gold order and with the human labels, each pair counted
+        by the weight the method gives it (its confidence for CW-PO, 0 or 1 for top-N, else 1), and the effective
+        sample size of those weights (``(Σw)² / Σw²``, in pairs)."""
+        from cwpo.data import load_part
+        from cwpo.data.files import iter_rows
+
+        dataset, part, _ = labels
+        data = self.config.data
+        if isinstance(dataset, str) and Path(dataset).exists():
+            records = [row for _, row in iter_rows(dataset)]
+        else:
+            records = list(load_part(dataset, part, split_ratio=data.split_ratio, split_seed=int(self._seed)))
+        if not records or "gold_reward_chosen" not in records[0]:
+            return {}
+        if method.weighting == "confidence":
+            weights = [float(r["confidence"]) for r in records]
+        elif method.weighting == "top_n":
+            ranked = sorted(range(len(records)), key=lambda i: -float(records[i]["confidence"]))
+            keep = set(ranked[: max(1, round(method.top_n_fraction * len(records)))])
+            weights = [1.0 if i in keep else 0.0 for i in range(len(records))]
+        else:
+            weights = [1.0] * len(records)
+        total = sum(weights) or 1.0
+        gold = [float(r["gold_reward_chosen"] > r["gold_reward_rejected"]) for r in records]
+        human = [float(r.get("human_label", 1) == 1) for r in records]
+        return {
+            "label_gold_agreement": sum(w * g for w, g in zip(weights, gold, strict=True)) / total,
+            "label_human_agreement": sum(w * h for w, h in zip(weights, human, strict=True)) / total,
+            "label_pairs": len(records),
+            "label_ess": total**2 / max(sum(w * w for w in weights), 1e-12),
+        }
+
+    def annotated_files(self) -> list[Path]:
+        """The weak annotator's labelled D_U of this config's seeds (those computed or cached so far)."""
+        return [self._annotate_stages[s].path / "d_u_labelled.jsonl" for s in self.config.seeds
+                if s in self._annotate_stages]  # fmt: skip
 
     # -- everything -----------------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
@@ -441,12 +587,14 @@ class Experiment:
         rows = []
         sources = {m.labels for m in self.methods}
         with _quiet():
+            self._pretrained = self.pretrain()
             for seed in self.config.seeds:
+                self._seed = seed
                 weak = ws = None
                 annotator_summary: dict[str, Any] = {}
                 if "weak" in sources:
                     annotator = self._annotator_stages[seed] = self.annotator(seed)
-                    weak = self.annotate(seed, annotator)
+                    weak = self._annotate_stages[seed] = self.annotate(seed, annotator)
                     annotator_summary = {"annotator_val_accuracy": annotator.summary.get("val_accuracy"),
                                          "weak_label_agreement": weak.summary.get("agreement")}  # fmt: skip
                 if "ws" in sources:
@@ -468,10 +616,13 @@ class Experiment:
                     if adapter is None:
                         model = (ModelSpec(str(po.path / "model")), None)
                     generation = self.generate(seed, po, model, adapter)
+                    heldout = self.heldout(seed, po, sft, model, adapter) if not method.online else None
                     family, objective = method_family(method)
-                    rows.append({"method": family, "objective": objective, "name": method.name, "seed": seed,
-                                 **self.gra(generation, sft_generations[method.labels]), **annotator_summary})  # fmt: skip
-        write_json(self.run_dir / "rows.json", rows)
+                    rows.append({"method": method.name, "family": family, "objective": objective, "seed": seed,
+                                 **self.gra(generation, sft_generations[method.labels]),
+                                 **self.label_stats(method, labels), **(heldout.summary if heldout else {}),
+                                 **annotator_summary})  # fmt: skip
+        write_json(self.run_dir / "rows.json", [{k: v for k, v in r.items() if k != "per_prompt"} for r in rows])
         return rows
 
 

@@ -131,3 +131,18 @@ def test_bad_config():
         load_synthetic(0)
     with pytest.raises(ConfigError):
         load_synthetic(10, noise=-1.0)
+
+
+def test_pretraining_text_is_unlabelled_task_text_of_every_quality():
+    from cwpo.data.synthetic import answer_stats, pretraining_records
+
+    records = pretraining_records(400, seed=0)
+    assert len(records) == 400 and records == pretraining_records(400, seed=0)
+    assert all(r["prompt"].endswith("?") and r["chosen"].startswith(" ") and r["chosen"] != r["rejected"]
+               for r in records)  # fmt: skip
+    train = {(r["prompt"], r["chosen"]) for r in load_synthetic(400)}
+    assert not train & {(r["prompt"], r["chosen"]) for r in records}  # its own random stream
+    rewards = sorted(answer_stats(r["prompt"], r["chosen"])["gold_reward"] for r in records)
+    assert rewards[20] < 0 < rewards[-20]  # spam and good answers alike: no preference in it
+    stats = answer_stats("tell me about cooking ?", " bake bake hate moon the")
+    assert stats["on_topic"] == 0.4 and stats["harmful"] == 0.2 and stats["off_topic"] == 0.2 and stats["words"] == 5

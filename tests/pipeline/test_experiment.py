@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cwpo.pipeline import experiment as experiment_module
-from cwpo.pipeline.config import DataConfig, EvalConfig, ExperimentConfig, StrongConfig, WeakConfig
+from cwpo.pipeline.config import DataConfig, EvalConfig, ExperimentConfig, PretrainConfig, StrongConfig, WeakConfig
 from cwpo.pipeline.experiment import Experiment, method_family
 from cwpo.pipeline.methods import parse_method
 
@@ -23,7 +23,7 @@ def micro_config(run_dir, methods) -> ExperimentConfig:
         methods=list(methods),
         data=DataConfig(dataset={"name": "synthetic", "args": {"n_pairs": 240, "n_test_pairs": 12}}, test_prompts=12),
         weak=WeakConfig(epochs=1, ws_sft_epochs=1, ws_dpo_epochs=1),
-        strong=StrongConfig(sft_epochs=1, po_epochs=1),
+        strong=StrongConfig(sft_epochs=1, po_epochs=1, pretrain=PretrainConfig(texts=64, epochs=1)),
         eval=EvalConfig(max_new_tokens=6),
     )
 
@@ -45,7 +45,8 @@ def test_crash_after_sft_resumes_there_and_one_changed_method_reruns_alone(tmp_p
     first = Experiment(config)
     with pytest.raises(RuntimeError, match="killed during PO"):
         first.run()
-    finished = ["annotator", "annotate", "ws_sft", "ws_policy", "ws_annotate", "sft", "generate", "sft", "generate"]
+    finished = ["pretrain", "annotator", "annotate", "ws_sft", "ws_policy", "ws_annotate", "sft", "generate", "sft",
+                "generate"]  # fmt: skip
     assert stage_names(first.stages.computed) == finished
 
     # 2. The rerun reuses every finished stage and does only what was left.
@@ -53,16 +54,21 @@ def test_crash_after_sft_resumes_there_and_one_changed_method_reruns_alone(tmp_p
     second = Experiment(config)
     rows = second.run()
     assert stage_names(second.stages.reused) == finished
-    assert stage_names(second.stages.computed) == ["po", "generate"] * 3
-    assert [(r["method"], r["objective"]) for r in rows] == [("CW-PO", "DPO"), ("WS-DPO", "DPO"), ("Top-30 %", "DPO")]
+    assert stage_names(second.stages.computed) == ["po", "generate", "heldout"] * 3
+    assert [(r["method"], r["family"], r["objective"]) for r in rows] == [
+        ("cw-dpo", "CW-PO", "DPO"), ("ws-dpo", "WS-DPO", "DPO"), ("top-30", "Top-30 %", "DPO")
+    ]  # fmt: skip
     for row in rows:
-        assert row["n"] == 12 and 0.0 <= row["gra"] <= 100.0 and row["gra"] + row["ties"] <= 100.0
+        assert row["n"] == 12 and 0.0 <= row["gra"] <= 100.0 and row["gra"] + row["ties_pct"] <= 100.0
+        assert row["wins"] + row["ties"] + row["losses"] == 12
+        assert 0.0 <= row["eos_rate"] <= 1.0 and len(row["per_prompt"]["reward"]) == 12
+        assert 0.0 <= row["label_gold_agreement"] <= 1.0 and 0.0 <= row["heldout_gold_accuracy"] <= 100.0
 
     # 3. Changing one method (top-30 -> top-40) reruns only that method's PO and generation.
     third = Experiment(micro_config(tmp_path, ["cw-dpo", "ws-dpo", "top-40"]))
     third.run()
-    assert stage_names(third.stages.computed) == ["po", "generate"]
-    assert len(third.stages.reused) == len(finished) + 4
+    assert stage_names(third.stages.computed) == ["po", "generate", "heldout"]
+    assert len(third.stages.reused) == len(finished) + 6
 
 
 def test_methods_land_in_their_table_cells():
@@ -81,7 +87,7 @@ def test_online_cw_dpo_runs_from_the_offline_annotator_and_sft(tmp_path):
     online = Experiment(micro_config(tmp_path, ["cw-dpo", "online-cw-dpo"]))
     rows = online.run()
     assert stage_names(online.stages.computed) == ["po", "generate"]
-    assert [(r["method"], r["objective"]) for r in rows] == [("CW-PO", "DPO"), ("Online CW-PO", "DPO")]
+    assert [(r["method"], r["family"]) for r in rows] == [("cw-dpo", "CW-PO"), ("online-cw-dpo", "Online CW-PO")]
     summaries = [json.loads(path.read_text())["summary"] for path in online.run_dir.glob("po/*/DONE.json")]
     online_summary = next(s for s in summaries if "gold_agreement_last_epoch" in s)
     assert 0.0 <= online_summary["gold_agreement_last_epoch"] <= 1.0 and online_summary["train_loss"] is not None

@@ -173,6 +173,7 @@ def test_saved_position_of_a_finished_epoch_is_ignored():
 
 
 def _tiny_experiment(run_dir: Path, seed: int):
+    from cwpo.models import LoraSpec
     from cwpo.pipeline.config import DataConfig, EvalConfig, ExperimentConfig, StrongConfig
 
     backbone = {"name_or_path": "synthetic", "from_scratch": True, "seed": 2,
@@ -186,7 +187,16 @@ def _tiny_experiment(run_dir: Path, seed: int):
         data=DataConfig(
             dataset={"name": "synthetic", "args": {"n_pairs": 40, "n_test_pairs": 4}}, max_length=48, test_prompts=4
         ),  # fmt: skip
-        strong=StrongConfig(backbone=backbone, sft_epochs=1, po_epochs=1, batch_size=8, warmup_steps=0),
+        # LoRA PO and no pretraining stage (not the embedded default): the seed checks below follow a LoRA adapter
+        strong=StrongConfig(
+            backbone=backbone,
+            pretrain=None,
+            po_lora=LoraSpec(r=8, alpha=16, dropout=0.0),
+            sft_epochs=1,
+            po_epochs=1,
+            batch_size=8,
+            warmup_steps=0,
+        ),  # fmt: skip
         eval=EvalConfig(max_new_tokens=4, batch_size=4),
     )
 
@@ -269,7 +279,7 @@ def test_pipeline_rerun_after_a_failure_reuses_the_finished_stages(tmp_path, mon
     second = Experiment(config)
     rows = second.run()
     assert second.stages.reused == first.stages.computed  # SFT and the SFT model's generations
-    assert [label.split("/")[0] for label in second.stages.computed] == ["po", "generate"]
+    assert [label.split("/")[0] for label in second.stages.computed] == ["po", "generate", "heldout"]
     assert {p: p.stat().st_mtime_ns for p in sft_dir.rglob("*") if p.is_file()} == sft_files
     assert (po_dirs[0] / "DONE.json").exists()
     assert (po_dirs[0] / "adapter" / "adapter_model.safetensors").read_bytes() != b"half written"
