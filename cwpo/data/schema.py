@@ -6,7 +6,9 @@ A pair is a row of a :class:`datasets.Dataset` with the columns of ``docs/ARCHIT
 ``id``                     str, unique within a dataset (``"<source>-<split>-<row>"``)
 ``prompt``                 str, or a list of ``{"role": str, "content": str}`` messages
 ``chosen``, ``rejected``   str: response text only (never the prompt); ``chosen`` is human-preferred
-``human_label``            int in {0, 1} (optional; loaders write 1: pairs come in human order)
+``human_label``            int in {0, 1} (optional; loaders write 1: pairs come in human order; a row read with 0
+                           and no weak scores is swapped into human order and counted as
+                           ``put_in_human_order`` in the report's notes)
 ``confidence``             float in [0, 1] (optional; written by ``annotate``)
 ``weak_score_chosen``,     float (optional; the weak annotator's scores)
 ``weak_score_rejected``
@@ -44,6 +46,8 @@ FLOAT_COLUMNS = {
     "ref_chosen_logps": False,
     "ref_rejected_logps": False,
 }
+# Columns an annotated pair carries: such a pair is in the weak annotator's order, not the human's.
+WEAK_ORDER_COLUMNS = ("weak_score_chosen", "weak_score_rejected")
 # Columns that name the two responses and must be swapped together when a pair is reordered.
 PAIRED_COLUMNS = (
     ("chosen", "rejected"),
@@ -195,6 +199,13 @@ def normalise_pair(
     if out["chosen"] == out["rejected"]:
         report.drop("identical_responses", path=path, row=row, record_id=record_id)
         return None
+    if out.get("human_label") == 0 and not any(name in out for name in WEAK_ORDER_COLUMNS):
+        # The human preferred ``rejected``: every consumer trains towards ``chosen``, so the pair is put in human
+        # order here, once. (A pair with weak scores is in the weak annotator's order on purpose, and its
+        # ``human_label`` says whether the human agrees: it is left as it is.)
+        out = swap_pair(out)
+        out["human_label"] = 1
+        report.note("put_in_human_order")
     return out
 
 
