@@ -339,7 +339,8 @@ def annotate_dataset(
     return AnnotationResult(
         path=output,
         n_pairs=len(labelled),
-        n_dropped=len(records) - len(tokenized),
+        # the loader's drops too, as the report beside the output counts them
+        n_dropped=drops.n_dropped if drops is not None else len(records) - len(tokenized),
         n_scored_this_run=writer.scored,
         seconds=seconds,
         pairs_per_second=writer.scored / seconds if seconds > 0 else 0.0,

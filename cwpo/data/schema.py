@@ -209,14 +209,47 @@ def normalise_pair(
     return out
 
 
+def pair_key(record: dict[str, Any]) -> tuple[str, str, str]:
+    """What makes two pairs the same pair: the prompt and both responses (not the id)."""
+    prompt = record["prompt"]
+    return (prompt if isinstance(prompt, str) else repr(prompt), record["chosen"], record["rejected"])
+
+
+RAW_HH_TURN = "\n\nHuman:"
+OVERLAP_HINT = (
+    "responses must hold the response only: load HH-RLHF files with the hh-rlhf loader "
+    "({name: hh-rlhf, path: ...}), strip the prompt from the responses, or pass allow_overlap=true to keep such rows"
+)
+
+
+def overlap_problem(record: dict[str, Any]) -> str | None:
+    """Why a pair's responses overlap its prompt (a raw HH-RLHF record, a prompt holding the answer), or None."""
+    prompt = prompt_text(record["prompt"]).strip()
+    for name in RESPONSE_COLUMNS:
+        response = record[name]
+        if prompt and response.lstrip().startswith(prompt):
+            return f"{name} starts with the prompt (a raw HH-RLHF record?)"
+        if RAW_HH_TURN in response:
+            return f"{name} holds a '\\n\\nHuman:' turn (a raw HH-RLHF dialogue?)"
+        if len(response.strip()) >= 20 and response.strip() in prompt:
+            return f"the prompt already contains {name}"
+    return None
+
+
 def build_dataset(
     records: Iterable[dict[str, Any]],
     *,
     report: FilterReport,
     path: str | None = None,
     allow_empty: bool = False,
+    rows_in_file: list[int] | None = None,
+    keep_duplicates: bool = True,
 ):
     """A :class:`datasets.Dataset` of already-normalised pairs, with ``report`` attached to its info.
+
+    ``rows_in_file`` are the records' row numbers in ``path`` (for messages; default: their positions). With
+    ``keep_duplicates=False`` a pair equal to an earlier one (:func:`pair_key`) is dropped and counted
+    (``duplicate``), so its copies cannot land on both sides of a split.
 
     Raises:
         DataError: the records are empty (after filtering), ids repeat, or columns disagree between rows
@@ -225,6 +258,19 @@ def build_dataset(
     import datasets
 
     rows = list(records)
+    where = list(rows_in_file) if rows_in_file is not None else list(range(len(rows)))
+    if not keep_duplicates:
+        seen_pairs: set[tuple[str, str, str]] = set()
+        unique, unique_where = [], []
+        for row, line in zip(rows, where, strict=True):
+            key = pair_key(row)
+            if key in seen_pairs:
+                report.drop("duplicate", path=path, row=line, record_id=row.get("id"))
+                continue
+            seen_pairs.add(key)
+            unique.append(row)
+            unique_where.append(line)
+        rows, where = unique, unique_where
     report.n_kept = len(rows)
     if not rows and not allow_empty:
         raise DataError(f"no pairs left after filtering ({report.summary()})", path=path)
@@ -237,20 +283,25 @@ def build_dataset(
             raise DataError(
                 f"columns differ from the first row's (differing: {extra}); every row needs the same columns",
                 path=path,
-                row=i,
+                row=where[i],
                 record_id=row.get("id"),
             )
         if isinstance(row["prompt"], str) != first_prompt_is_text:
             raise DataError(
                 "prompt is text in some rows and a message list in others; use one form per dataset",
                 path=path,
-                row=i,
+                row=where[i],
                 record_id=row.get("id"),
             )
         if "id" in row:
             if row["id"] in seen_ids:
-                raise DataError(f"id {row['id']!r} repeats (first at kept row {seen_ids[row['id']]})", path=path, row=i)
-            seen_ids[row["id"]] = i
+                raise DataError(
+                    f"id {row['id']!r} repeats (first at row {seen_ids[row['id']]})",
+                    path=path,
+                    row=where[i],
+                    record_id=row["id"],
+                )
+            seen_ids[row["id"]] = where[i]
     import pyarrow as pa
 
     try:
@@ -260,9 +311,33 @@ def build_dataset(
             dataset = datasets.Dataset.from_dict({name: [] for name in columns})
     except (ValueError, TypeError, OverflowError, NotImplementedError, pa.ArrowException) as err:
         # extra columns whose values Arrow cannot hold in one column (mixed types, empty structs, huge ints)
-        raise DataError(f"columns hold values of inconsistent types: {err}", path=path) from err
+        raise _mixed_types_error(rows, where, path) or DataError(
+            f"columns hold values of inconsistent types: {err}", path=path
+        ) from err
     report.log()
     return report.attach(dataset)
+
+
+def _mixed_types_error(rows: list[dict[str, Any]], where: list[int], path: str | None) -> DataError | None:
+    """The first column whose values change type between rows, as an error naming the column and both rows."""
+    for column in rows[0]:
+        first: tuple[type, int] | None = None
+        for row, line in zip(rows, where, strict=True):
+            value = row.get(column)
+            if value is None:
+                continue
+            kind = float if isinstance(value, int | float) and not isinstance(value, bool) else type(value)
+            if first is None:
+                first = (kind, line)
+            elif kind is not first[0]:
+                return DataError(
+                    f"column {column!r} is a {type(value).__name__} here but a {first[0].__name__} in row {first[1]}; "
+                    "one type per column (convert it, or drop the column)",
+                    path=path,
+                    row=line,
+                    record_id=row.get("id"),
+                )
+    return None
 
 
 def swap_pair(record: dict[str, Any]) -> dict[str, Any]:
