@@ -226,3 +226,25 @@ def test_fit_then_annotate_cli(tmp_path, pairs, monkeypatch):
     rows = _rows(output)
     assert len(rows) == 60 and LABEL_COLUMNS <= set(rows[0])
     assert (tmp_path / "labelled.annotator_report.md").exists()
+
+
+def test_a_work_folder_with_parts_but_no_manifest_is_refused(tmp_path, pairs):
+    """Parts with no manifest could be another dataset's scores: refused, not reused."""
+    parts = tmp_path / "out.jsonl.parts"
+    parts.mkdir()
+    (parts / "part-rank0.jsonl").write_text('{"index": 0, "score_1": 1.0, "score_2": 0.0}\n')
+    with pytest.raises(CwpoError, match="no manifest.json"):
+        _annotate(_module(), tmp_path / "out.jsonl", pairs)
+
+
+def test_the_dropped_count_is_the_one_the_report_beside_the_output_holds(tmp_path, pairs):
+    """A loader drop (an empty response, a duplicate) and the tokeniser's drops: the result (what the console
+    prints) and ``<output>.report.json`` say the same number."""
+    records = list(pairs.select(range(10)))
+    rows = [*records, {**records[0]}, {**records[1], "id": "empty", "chosen": " "}]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = _annotate(_module(), tmp_path / "out.jsonl", str(source))
+    report = json.loads((tmp_path / "out.jsonl.report.json").read_text())
+    assert report["dropped"] == {"duplicate": 1, "empty_response": 1}
+    assert result.n_dropped == sum(report["dropped"].values()) == 2 and result.n_pairs == 10
