@@ -203,7 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     if name not in REGISTRY:
         print(f"error: unknown --model {name!r}; registered: {', '.join(REGISTRY)}", file=sys.stderr)
         return 2
-    build_cli(name, rest)
+    from cwpo.errors import CwpoError
+
+    try:
+        build_cli(name, rest)
+    except CwpoError as err:  # bad input: the one-line message, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
