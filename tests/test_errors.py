@@ -106,3 +106,16 @@ def test_the_fit_command_prints_one_line_for_bad_input(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert f"error: model folder {missing} does not exist" in result.stderr
+
+
+def test_a_json_file_holding_a_data_list_is_read(tmp_path):
+    """``{"data": [...]}`` (the layout of some exports): its rows, numbered by their position in the list."""
+    from cwpo.data import load_local
+
+    path = tmp_path / "pairs.json"
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "c", "rejected": 7}]
+    path.write_text(json.dumps({"data": rows[:1]}, indent=2))
+    assert [r["chosen"] for r in load_local(path)] == ["a"]
+    path.write_text(json.dumps({"data": rows}))
+    with pytest.raises(DataError, match=r"pairs.json, row 1, id 'pairs-1': rejected is a int \(7\), expected text"):
+        load_local(path)

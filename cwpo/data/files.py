@@ -103,7 +103,17 @@ def _looks_like_json_array(path: Path) -> bool:
             head = f.read(64).lstrip()
     except (OSError, EOFError, zlib.error):
         return False
-    return head.startswith(b"[")
+    if head.startswith(b"["):
+        return True
+    if not head.startswith(b"{"):
+        return False
+    # ``{"data": [...]}`` is one JSON document, a jsonl file one object per line: only the first parses whole.
+    try:
+        with opener(path, "rb") as f:
+            value = json.loads(f.read().decode("utf-8"))
+    except (ValueError, OSError, EOFError, zlib.error):
+        return False
+    return isinstance(value, dict) and isinstance(value.get("data"), list)
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
