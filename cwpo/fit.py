@@ -119,11 +119,10 @@ def trainer_defaults(name: str) -> dict:
     }
 
 
-def check_export_dir(export_dir: str | None, trainer, ckpt_path: str | None) -> None:
-    """Before training: an export never replaces an earlier run's, and its folder can be written.
-
-    A resumed run (``--ckpt_path``) may rewrite the export of the run it continues; a ``fast_dev_run`` writes none.
-    """
+def check_export_dir(export_dir: str | None, trainer, ckpt_path: str | None, *, overwrite: bool = False) -> None:
+    """Before training: an export never replaces an earlier run's (unless ``--overwrite_export true``), and its
+    folder can be written. A resumed run (``--ckpt_path``) may rewrite the export of the run it continues; a
+    ``fast_dev_run`` writes none."""
     import os
 
     from cwpo.errors import ConfigError
@@ -131,9 +130,9 @@ def check_export_dir(export_dir: str | None, trainer, ckpt_path: str | None) -> 
     if not export_dir or trainer.fast_dev_run:
         return
     path = Path(export_dir)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and ckpt_path is None:
-        raise ConfigError(f"{export_dir} holds an earlier run's export; give another --model.export_dir, or delete it "
-                          "to replace it")  # fmt: skip
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and ckpt_path is None and not overwrite:
+        raise ConfigError(f"{export_dir} holds an earlier run's export; give another --model.export_dir, or pass "
+                          "--overwrite_export true to replace it")  # fmt: skip
     parent = path
     while not parent.exists():
         parent = parent.parent
@@ -177,10 +176,13 @@ def build_cli(name: str, args: list[str], *, run: bool = True):
             parser.set_defaults({f"trainer.{key}": value for key, value in trainer_defaults(name).items()})
             # last.ckpt every N steps and M minutes: --checkpoint.every_n_steps N --checkpoint.every_minutes M
             parser.add_lightning_class_args(PeriodicCheckpoint, "checkpoint")
+            parser.add_argument("--overwrite_export", type=bool, default=False,
+                                help="let this run replace the export an earlier run left in --model.export_dir")  # fmt: skip
 
         def before_fit(self) -> None:
-            check_export_dir(getattr(self.model.hparams, "export_dir", None), self.trainer,
-                             self.config.get("fit", {}).get("ckpt_path"))  # fmt: skip
+            config = self.config.get("fit", {})
+            check_export_dir(getattr(self.model.hparams, "export_dir", None), self.trainer, config.get("ckpt_path"),
+                             overwrite=bool(config.get("overwrite_export")))  # fmt: skip
 
         def _parse_ckpt_path(self) -> None:
             # A checkpoint's hyper-parameters become the model's arguments; keys a module records for its own
