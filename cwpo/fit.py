@@ -16,6 +16,7 @@ import dataclasses
 import importlib
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -110,17 +111,43 @@ def split_model_arg(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def trainer_defaults(name: str) -> dict:
-    """CSV logs, a ``last.ckpt`` to resume from, and the config saved next to the run."""
+    """CSV logs and the config saved next to the run. (The periodic ``last.ckpt`` is the ``--checkpoint.*``
+    callback, :class:`cwpo.modules.checkpoint.PeriodicCheckpoint`, added by the CLI itself.)"""
     return {
         "default_root_dir": f"runs/{name}",
         "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": f"runs/{name}"}},
-        "callbacks": [
-            {
-                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                "init_args": {"save_last": True, "save_top_k": 0},
-            }
-        ],
     }
+
+
+def check_export_dir(export_dir: str | None, trainer, ckpt_path: str | None, *, overwrite: bool = False) -> None:
+    """Before training: an export never replaces an earlier run's (unless ``--overwrite_export true``), and its
+    folder can be written. A resumed run (``--ckpt_path``) may rewrite the export of the run it continues; a
+    ``fast_dev_run`` writes none."""
+    import os
+
+    from cwpo.errors import ConfigError
+
+    if not export_dir or trainer.fast_dev_run:
+        return
+    path = Path(export_dir)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and ckpt_path is None and not overwrite:
+        raise ConfigError(f"{export_dir} holds an earlier run's export; give another --model.export_dir, or pass "
+                          "--overwrite_export true to replace it")  # fmt: skip
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"cannot write the export to {export_dir}: {parent} is not writable")
+
+
+def _init_arguments(cls) -> set[str] | None:
+    """The names ``cls.__init__`` accepts; None when it takes ``**kwargs``."""
+    import inspect
+
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters} - {"self"}
 
 
 def _plain_value(value):
@@ -137,6 +164,8 @@ def build_cli(name: str, args: list[str], *, run: bool = True):
     """Build (and by default run ``fit`` of) the LightningCLI for registry entry ``name``."""
     from lightning.pytorch.cli import LightningCLI
 
+    from cwpo.modules.checkpoint import PeriodicCheckpoint
+
     entry = REGISTRY[name]
 
     class CwpoCLI(LightningCLI):
@@ -145,6 +174,42 @@ def build_cli(name: str, args: list[str], *, run: bool = True):
                 parser.link_arguments(source, target, compute_fn=_plain_value)
             # Defaults given as class_path dicts stay overridable from YAML and the command line.
             parser.set_defaults({f"trainer.{key}": value for key, value in trainer_defaults(name).items()})
+            # last.ckpt every N steps and M minutes: --checkpoint.every_n_steps N --checkpoint.every_minutes M
+            parser.add_lightning_class_args(PeriodicCheckpoint, "checkpoint")
+            parser.add_argument("--overwrite_export", type=bool, default=False,
+                                help="let this run replace the export an earlier run left in --model.export_dir")  # fmt: skip
+
+        def before_fit(self) -> None:
+            config = self.config.get("fit", {})
+            check_export_dir(getattr(self.model.hparams, "export_dir", None), self.trainer, config.get("ckpt_path"),
+                             overwrite=bool(config.get("overwrite_export")))  # fmt: skip
+
+        def _parse_ckpt_path(self) -> None:
+            # A checkpoint's hyper-parameters become the model's arguments; keys a module records for its own
+            # loaders (the annotator's ``annotator_type``) are no ``__init__`` argument and must not reach the parser.
+            ckpt_path = self.config.get("subcommand") and self.config[self.config.subcommand].get("ckpt_path")
+            if not ckpt_path or not Path(ckpt_path).is_file():
+                return super()._parse_ckpt_path()
+            import torch
+
+            ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+            accepted = _init_arguments(_load(entry.module))
+            hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if accepted is None or k in accepted}
+            if hparams:
+                try:
+                    self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+                except SystemExit:
+                    sys.stderr.write(f"{ckpt_path}: its hyper-parameters do not fit --model {name}\n")
+                    raise
+
+        def _instantiate_trainer(self, config, callbacks):
+            # No periodic checkpoint where checkpointing is off, or where the run brings its own ModelCheckpoint.
+            from lightning.pytorch.callbacks import ModelCheckpoint
+
+            own = [c for c in (config.get("callbacks") or []) if isinstance(c, ModelCheckpoint)]
+            if config.get("enable_checkpointing") is False or own:
+                callbacks = [c for c in callbacks if not isinstance(c, PeriodicCheckpoint)]
+            return super()._instantiate_trainer(config, callbacks)
 
     return CwpoCLI(
         _load(entry.module),
@@ -166,7 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     if name not in REGISTRY:
         print(f"error: unknown --model {name!r}; registered: {', '.join(REGISTRY)}", file=sys.stderr)
         return 2
-    build_cli(name, rest)
+    from cwpo.errors import CwpoError
+
+    try:
+        build_cli(name, rest)
+    except CwpoError as err:  # bad input: the one-line message, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -8,6 +8,7 @@ synthetic task). Remote code never runs unless ``trust_remote_code=True`` is set
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,9 +125,51 @@ def packaged_model_path(package: str) -> Path:
     return root
 
 
+def _looks_local(name: str) -> bool:
+    """A path, not a hub name (``org/model``): absolute, relative (``./``, ``../``, ``~``) or deeper than one ``/``."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name or os.sep in name[:1]
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def check_model_source(name: str) -> None:
+    """Fail fast, in one line, where loading ``name`` could only fail slowly or obscurely: a local folder that does
+    not exist, or a hub model that is not in the cache while the hub cannot be reached (no minute of retries)."""
+    if Path(name).expanduser().exists():
+        return
+    if _looks_local(name):
+        raise ConfigError(f"model folder {name} does not exist; give an existing folder, package:<name>, or a hub "
+                          "name such as org/model")  # fmt: skip
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return  # in the local cache: loads without the network
+    if _offline():
+        raise ConfigError(f"{name} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; download it first "
+                          "(huggingface-cli download), or give a local folder")  # fmt: skip
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return  # the hub is reached through a proxy: let the download try
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as err:
+        raise ConfigError(f"cannot reach {host} to download {name} ({err}); give a local folder, or put the model "
+                          "in the cache and set HF_HUB_OFFLINE=1") from None  # fmt: skip
+
+
 def _resolve(name_or_path: str, gguf_file: str | None) -> tuple[str, str | None]:
-    """Turn ``package:<name>`` into a real folder (and GGUF file name)."""
+    """Turn ``package:<name>`` into a real folder (and GGUF file name); check any other source first."""
     if not name_or_path.startswith("package:"):
+        check_model_source(name_or_path)
         return name_or_path, gguf_file
     path = packaged_model_path(name_or_path.removeprefix("package:"))
     if path.is_file():

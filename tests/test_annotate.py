@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from cwpo.annotation import annotate_dataset, export_annotator, load_annotator
-from cwpo.errors import CwpoError
+from cwpo.errors import ConfigError, CwpoError
 from cwpo.models import ModelSpec
 from cwpo.modules.annotator import AnnotatorModule, PairRMModule
 
@@ -226,3 +227,57 @@ def test_fit_then_annotate_cli(tmp_path, pairs, monkeypatch):
     rows = _rows(output)
     assert len(rows) == 60 and LABEL_COLUMNS <= set(rows[0])
     assert (tmp_path / "labelled.annotator_report.md").exists()
+
+
+def test_a_work_folder_with_parts_but_no_manifest_is_refused(tmp_path, pairs):
+    """Parts with no manifest could be another dataset's scores: refused, not reused."""
+    parts = tmp_path / "out.jsonl.parts"
+    parts.mkdir()
+    (parts / "part-rank0.jsonl").write_text('{"index": 0, "score_1": 1.0, "score_2": 0.0}\n')
+    with pytest.raises(CwpoError, match="no manifest.json"):
+        _annotate(_module(), tmp_path / "out.jsonl", pairs)
+
+
+def test_the_dropped_count_is_the_one_the_report_beside_the_output_holds(tmp_path, pairs):
+    """A loader drop (an empty response, a duplicate) and the tokeniser's drops: the result (what the console
+    prints) and ``<output>.report.json`` say the same number."""
+    records = list(pairs.select(range(10)))
+    rows = [*records, {**records[0]}, {**records[1], "id": "empty", "chosen": " "}]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = _annotate(_module(), tmp_path / "out.jsonl", str(source))
+    report = json.loads((tmp_path / "out.jsonl.report.json").read_text())
+    assert report["dropped"] == {"duplicate": 1, "empty_response": 1}
+    assert result.n_dropped == sum(report["dropped"].values()) == 2 and result.n_pairs == 10
+
+
+def test_the_output_type_is_checked_before_any_pair_is_scored(tmp_path, pairs):
+    module = _module()
+    with CountingScores(module) as counts, pytest.raises(ConfigError, match=r"the output must end in \.jsonl"):
+        _annotate(module, tmp_path / "x.json", pairs)
+    assert counts.batches == 0 and not list(tmp_path.iterdir())
+
+
+def test_a_second_annotate_into_the_same_output_is_refused_while_the_first_runs(tmp_path, pairs):
+    """The lock holds a live process id (this one stands in for a running annotate): refused. A lock whose process
+    is gone is taken over, and removed at the end."""
+    import subprocess
+    import sys
+
+    output = tmp_path / "out.jsonl"
+    lock = tmp_path / "out.jsonl.lock"
+    lock.write_text(f"{os.getpid()}\n")
+    with pytest.raises(CwpoError, match=f"is being written by another annotate \\(process {os.getpid()}\\)"):
+        _annotate(_module(), output, pairs)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(gone.stdout)
+    assert _annotate(_module(), output, pairs).n_pairs == 60
+    assert output.exists() and not lock.exists()
+
+
+def test_an_earlier_runs_agreement_report_does_not_stay_beside_a_new_output(tmp_path, pairs):
+    stale = [tmp_path / f"out.annotator_report.{suffix}" for suffix in ("md", "json", "png")]
+    for path in stale:
+        path.write_text("from an earlier run")
+    _annotate(_module(), tmp_path / "out.jsonl", pairs.remove_columns("human_label"))
+    assert not any(path.exists() for path in stale)  # no human labels now: no report, and no stale one

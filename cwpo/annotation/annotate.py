@@ -16,6 +16,8 @@ labels.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -190,7 +192,7 @@ def _row_lengths(tokenized) -> list[int]:
     ]
 
 
-def annotate_dataset(
+def _annotate_dataset(
     annotator,
     pairs,
     output: str | os.PathLike,
@@ -323,6 +325,10 @@ def annotate_dataset(
     save_pairs(dataset, output)
     agreement = None
     report_out = None
+    folder = Path(report_dir) if report_dir is not None else output.parent
+    stem = output.name.split(".")[0] + ".annotator_report" if report_dir is None else "annotator_report"
+    for suffix in (".md", ".json", ".png"):  # an earlier run's report must not stand beside this output
+        (folder / f"{stem}{suffix}").unlink(missing_ok=True)
     if any(r.get("human_label") is not None for r in labelled):
         agreement = sum(r["human_label"] == 1 for r in labelled if r.get("human_label") is not None) / sum(
             r.get("human_label") is not None for r in labelled
@@ -330,8 +336,6 @@ def annotate_dataset(
         if report:
             from cwpo.annotation.report import write_report
 
-            folder = Path(report_dir) if report_dir is not None else output.parent
-            stem = output.name.split(".")[0] + ".annotator_report" if report_dir is None else "annotator_report"
             report_out = write_report(labelled, folder, title=f"Weak annotator ({module.annotator_type})", stem=stem)
     if not keep_parts:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -339,13 +343,74 @@ def annotate_dataset(
     return AnnotationResult(
         path=output,
         n_pairs=len(labelled),
-        n_dropped=len(records) - len(tokenized),
+        # the loader's drops too, as the report beside the output counts them
+        n_dropped=drops.n_dropped if drops is not None else len(records) - len(tokenized),
         n_scored_this_run=writer.scored,
         seconds=seconds,
         pairs_per_second=writer.scored / seconds if seconds > 0 else 0.0,
         agreement=agreement,
         report=report_out,
     )
+
+
+@functools.wraps(_annotate_dataset)
+def annotate_dataset(annotator, pairs, output: str | os.PathLike, *args, **kwargs):
+    _check_output(Path(output))  # before any pair is scored
+    with output_lock(output) if _is_rank_zero_launch() else contextlib.nullcontext():
+        return _annotate_dataset(annotator, pairs, output, *args, **kwargs)
+
+
+_OUTPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".parquet")
+
+
+def _check_output(output: Path) -> None:
+    """The output's type and folder, checked before the work starts (not after every pair is scored)."""
+    if not output.name.lower().endswith(_OUTPUT_SUFFIXES):
+        raise ConfigError(f"cannot write {output}: the output must end in {', '.join(_OUTPUT_SUFFIXES)}")
+    parent = output.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"cannot write {output}: {parent} is not writable; choose another --output")
+
+
+@contextlib.contextmanager
+def output_lock(output: str | os.PathLike):
+    """``<output>.lock`` while this process writes ``output``: a second annotate into the same output is refused
+    (a lock left by a process that no longer runs is taken over)."""
+    lock = Path(f"{output}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                raise CwpoError(f"{output} is being written by another annotate (process {pid}); wait for it to "
+                                f"end, or delete {lock} if that process is gone") from None  # fmt: skip
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+    else:  # pragma: no cover - another process took the stale lock between our two tries
+        raise CwpoError(f"{output} is being written by another annotate ({lock})")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _is_rank_zero_launch() -> bool:

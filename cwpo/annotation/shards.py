@@ -188,7 +188,8 @@ def check_manifest(work_dir: str | os.PathLike, manifest: dict[str, Any]) -> Non
     """Write ``manifest`` into a new work folder, or check that an existing one describes the same job.
 
     Raises:
-        CwpoError: the folder holds parts of a different job (another input, annotator or batching).
+        CwpoError: the folder holds parts of a different job (another input, annotator or batching), or parts
+            without a manifest.
     """
     path = Path(work_dir) / MANIFEST
     if path.exists():
@@ -201,4 +202,10 @@ def check_manifest(work_dir: str | os.PathLike, manifest: dict[str, Any]) -> Non
                 "delete it or run with resume=False (--no-resume) to start over"
             )
         return
+    parts = sorted(p.name for p in Path(work_dir).glob(f"{PART_PREFIX}*.jsonl"))
+    if parts:
+        raise CwpoError(
+            f"{work_dir} holds scores ({', '.join(parts)}) but no {MANIFEST}, so nothing says which data and "
+            "annotator they belong to; delete the folder or run with resume=False (--no-resume) to start over"
+        )
     write_json(path, manifest)

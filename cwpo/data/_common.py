@@ -83,7 +83,7 @@ def collect_pairs(
         extra: columns added to every record (``human_label``, ``source``).
     """
     report = FilterReport(stage=stage, strict=strict)
-    records = []
+    records, lines = [], []
     for row, raw in rows:
         if limit is not None and report.n_read >= limit:
             break
@@ -100,7 +100,8 @@ def collect_pairs(
         cleaned = normalise_pair(record, report=report, path=where, row=row)
         if cleaned is not None:
             records.append(cleaned)
-    return build_dataset(records, report=report, path=where)
+            lines.append(row)
+    return build_dataset(records, report=report, path=where, rows_in_file=lines, keep_duplicates=False)
 
 
 def local_or_hub_rows(

@@ -32,7 +32,7 @@ from cwpo.data.report import FilterReport
 from cwpo.data.sampler import LengthGroupedSampler, ResumableDataLoader
 from cwpo.data.splits import flip_labels, split_holdout
 from cwpo.data.tokenization import TokenizeConfig, tokenize_pairs
-from cwpo.errors import ConfigError
+from cwpo.errors import ConfigError, DataError
 from cwpo.models import ModelSpec, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -195,6 +195,13 @@ class PreferenceDataModule(L.LightningDataModule):
             train = train.select(range(min(self.limit, len(train))))
         if self.label_flip_rate > 0:
             train = flip_labels(train, self.label_flip_rate, seed=self.split_seed)
+        if "confidence" in train.column_names and len(train) and not any(train["confidence"]):
+            # Every weight 0: the weighted loss is 0 at every step and nothing would be learned.
+            raise DataError(
+                f"every confidence of the {len(train)} '{self.part}' pairs is 0, so the weighted loss is 0 at every "
+                "step; check the annotation (or drop the confidence column to weight pairs equally)",
+                path=self.dataset_spec.path or self.dataset_spec.name,
+            )
         return train, val
 
     def _tokenize(self, records):
@@ -276,7 +283,9 @@ class PreferenceDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._require(self.train_dataset, "training"), train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_dataset is None and self.train_dataset is not None and self.val_part is None:
+            return []  # val_part: null means no validation; Lightning skips a loop with no loaders
         return self._loader(self._require(self.val_dataset, "validation"), train=False)
 
     def predict_dataloader(self) -> DataLoader:

@@ -37,6 +37,8 @@ def is_data_file(path: str | os.PathLike) -> bool:
 
 def _iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
+    if opener is open and _is_gzip(path):
+        raise DataError(f"is gzip-compressed but named {path.suffix}; rename it to {path.name}.gz", path=str(path))
     try:
         with opener(path, "rb") as f:
             for line_no, raw in enumerate(f):
@@ -65,8 +67,15 @@ def _iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise DataError(f"cannot read the file: {err}", path=str(path)) from None
 
 
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
 def _iter_json_array(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
+    if opener is open and _is_gzip(path):
+        raise DataError(f"is gzip-compressed but named {path.suffix}; rename it to {path.name}.gz", path=str(path))
     try:
         with opener(path, "rb") as f:
             data = f.read()
@@ -94,7 +103,17 @@ def _looks_like_json_array(path: Path) -> bool:
             head = f.read(64).lstrip()
     except (OSError, EOFError, zlib.error):
         return False
-    return head.startswith(b"[")
+    if head.startswith(b"["):
+        return True
+    if not head.startswith(b"{"):
+        return False
+    # ``{"data": [...]}`` is one JSON document, a jsonl file one object per line: only the first parses whole.
+    try:
+        with opener(path, "rb") as f:
+            value = json.loads(f.read().decode("utf-8"))
+    except (ValueError, OSError, EOFError, zlib.error):
+        return False
+    return isinstance(value, dict) and isinstance(value.get("data"), list)
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -125,6 +144,12 @@ def iter_rows(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
         DataError: the file is missing, of an unknown type, not UTF-8, or holds malformed JSON.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if is_data_file(p))[:3]
+        hint = f" (it holds {', '.join(inside)})" if inside else ""
+        raise DataError(
+            f"is a folder, not a data file{hint}; give the path of one .jsonl/.parquet file", path=str(path)
+        )
     if not path.is_file():
         raise DataError("no such file", path=str(path))
     suffix = _suffix(path)

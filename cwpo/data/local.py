@@ -13,7 +13,7 @@ from typing import Any
 
 from cwpo.data.files import iter_rows
 from cwpo.data.report import FilterReport
-from cwpo.data.schema import REQUIRED_COLUMNS, build_dataset, normalise_pair
+from cwpo.data.schema import OVERLAP_HINT, REQUIRED_COLUMNS, build_dataset, normalise_pair, overlap_problem
 from cwpo.errors import ConfigError, DataError
 
 
@@ -32,6 +32,8 @@ def load_local(
     id_prefix: str | None = None,
     strict: bool = False,
     limit: int | None = None,
+    keep_duplicates: bool = False,
+    allow_overlap: bool = False,
 ):
     """Load preference pairs from a local file.
 
@@ -43,12 +45,17 @@ def load_local(
         id_prefix: ids for rows without an ``id`` column are ``"<id_prefix>-<row>"`` (default: the file's stem).
         strict: raise :class:`DataError` on rows that would otherwise be dropped and counted.
         limit: read at most this many rows (quick looks, tests).
+        keep_duplicates: keep a pair equal to an earlier one (default: dropped and counted as ``duplicate``).
+        allow_overlap: keep pairs whose response repeats the prompt, holds a ``"\n\nHuman:"`` turn, or that the
+            prompt already contains (noted as ``prompt_overlap``); by default such a row is refused: it is a raw
+            HH-RLHF record or a prompt that gives the answer away.
 
     Returns:
         A :class:`datasets.Dataset` in the record schema, with its :class:`FilterReport` attached.
 
     Raises:
-        DataError: the file is unreadable, a mapped column is missing, or a row breaks the schema.
+        DataError: the file is unreadable, a mapped column is missing, a row breaks the schema, or a response
+            overlaps its prompt (without ``allow_overlap``).
     """
     path = Path(path)
     columns = dict(columns or {})
@@ -58,7 +65,7 @@ def load_local(
     renames = {file_column: target for target, file_column in columns.items()}
     prefix = id_prefix or _file_stem(path)
     report = FilterReport(stage=f"local {path}", strict=strict)
-    records = []
+    records, lines = [], []
     for row, raw in iter_rows(path):
         if limit is not None and report.n_read >= limit:
             break
@@ -81,6 +88,13 @@ def load_local(
         if source is not None:
             record["source"] = source
         cleaned = normalise_pair(record, report=report, path=str(path), row=row)
-        if cleaned is not None:
-            records.append(cleaned)
-    return build_dataset(records, report=report, path=str(path))
+        if cleaned is None:
+            continue
+        problem = overlap_problem(cleaned)
+        if problem is not None:
+            if not allow_overlap:
+                raise DataError(f"{problem}; {OVERLAP_HINT}", path=str(path), row=row, record_id=cleaned.get("id"))
+            report.note("prompt_overlap")
+        records.append(cleaned)
+        lines.append(row)
+    return build_dataset(records, report=report, path=str(path), rows_in_file=lines, keep_duplicates=keep_duplicates)

@@ -30,6 +30,7 @@ DROP_REASONS = {
     "response_truncated_to_zero": "truncating to the token budget would leave a response with no tokens",
     "tie": "the source marks the two responses as equally good",
     "filtered_out": "removed by a loader option (domain, score ratio, ...)",
+    "duplicate": "the same prompt, chosen and rejected as an earlier row",
 }
 
 

@@ -6,7 +6,9 @@ A pair is a row of a :class:`datasets.Dataset` with the columns of ``docs/ARCHIT
 ``id``                     str, unique within a dataset (``"<source>-<split>-<row>"``)
 ``prompt``                 str, or a list of ``{"role": str, "content": str}`` messages
 ``chosen``, ``rejected``   str: response text only (never the prompt); ``chosen`` is human-preferred
-``human_label``            int in {0, 1} (optional; loaders write 1: pairs come in human order)
+``human_label``            int in {0, 1} (optional; loaders write 1: pairs come in human order; a row read with 0
+                           and no weak scores is swapped into human order and counted as
+                           ``put_in_human_order`` in the report's notes)
 ``confidence``             float in [0, 1] (optional; written by ``annotate``)
 ``weak_score_chosen``,     float (optional; the weak annotator's scores)
 ``weak_score_rejected``
@@ -44,6 +46,8 @@ FLOAT_COLUMNS = {
     "ref_chosen_logps": False,
     "ref_rejected_logps": False,
 }
+# Columns an annotated pair carries: such a pair is in the weak annotator's order, not the human's.
+WEAK_ORDER_COLUMNS = ("weak_score_chosen", "weak_score_rejected")
 # Columns that name the two responses and must be swapped together when a pair is reordered.
 PAIRED_COLUMNS = (
     ("chosen", "rejected"),
@@ -195,7 +199,41 @@ def normalise_pair(
     if out["chosen"] == out["rejected"]:
         report.drop("identical_responses", path=path, row=row, record_id=record_id)
         return None
+    if out.get("human_label") == 0 and not any(name in out for name in WEAK_ORDER_COLUMNS):
+        # The human preferred ``rejected``: every consumer trains towards ``chosen``, so the pair is put in human
+        # order here, once. (A pair with weak scores is in the weak annotator's order on purpose, and its
+        # ``human_label`` says whether the human agrees: it is left as it is.)
+        out = swap_pair(out)
+        out["human_label"] = 1
+        report.note("put_in_human_order")
     return out
+
+
+def pair_key(record: dict[str, Any]) -> tuple[str, str, str]:
+    """What makes two pairs the same pair: the prompt and both responses (not the id)."""
+    prompt = record["prompt"]
+    return (prompt if isinstance(prompt, str) else repr(prompt), record["chosen"], record["rejected"])
+
+
+RAW_HH_TURN = "\n\nHuman:"
+OVERLAP_HINT = (
+    "responses must hold the response only: load HH-RLHF files with the hh-rlhf loader "
+    "({name: hh-rlhf, path: ...}), strip the prompt from the responses, or pass allow_overlap=true to keep such rows"
+)
+
+
+def overlap_problem(record: dict[str, Any]) -> str | None:
+    """Why a pair's responses overlap its prompt (a raw HH-RLHF record, a prompt holding the answer), or None."""
+    prompt = prompt_text(record["prompt"]).strip()
+    for name in RESPONSE_COLUMNS:
+        response = record[name]
+        if prompt and response.lstrip().startswith(prompt):
+            return f"{name} starts with the prompt (a raw HH-RLHF record?)"
+        if RAW_HH_TURN in response:
+            return f"{name} holds a '\\n\\nHuman:' turn (a raw HH-RLHF dialogue?)"
+        if len(response.strip()) >= 20 and response.strip() in prompt:
+            return f"the prompt already contains {name}"
+    return None
 
 
 def build_dataset(
@@ -204,8 +242,14 @@ def build_dataset(
     report: FilterReport,
     path: str | None = None,
     allow_empty: bool = False,
+    rows_in_file: list[int] | None = None,
+    keep_duplicates: bool = True,
 ):
     """A :class:`datasets.Dataset` of already-normalised pairs, with ``report`` attached to its info.
+
+    ``rows_in_file`` are the records' row numbers in ``path`` (for messages; default: their positions). With
+    ``keep_duplicates=False`` a pair equal to an earlier one (:func:`pair_key`) is dropped and counted
+    (``duplicate``), so its copies cannot land on both sides of a split.
 
     Raises:
         DataError: the records are empty (after filtering), ids repeat, or columns disagree between rows
@@ -214,6 +258,19 @@ def build_dataset(
     import datasets
 
     rows = list(records)
+    where = list(rows_in_file) if rows_in_file is not None else list(range(len(rows)))
+    if not keep_duplicates:
+        seen_pairs: set[tuple[str, str, str]] = set()
+        unique, unique_where = [], []
+        for row, line in zip(rows, where, strict=True):
+            key = pair_key(row)
+            if key in seen_pairs:
+                report.drop("duplicate", path=path, row=line, record_id=row.get("id"))
+                continue
+            seen_pairs.add(key)
+            unique.append(row)
+            unique_where.append(line)
+        rows, where = unique, unique_where
     report.n_kept = len(rows)
     if not rows and not allow_empty:
         raise DataError(f"no pairs left after filtering ({report.summary()})", path=path)
@@ -226,20 +283,25 @@ def build_dataset(
             raise DataError(
                 f"columns differ from the first row's (differing: {extra}); every row needs the same columns",
                 path=path,
-                row=i,
+                row=where[i],
                 record_id=row.get("id"),
             )
         if isinstance(row["prompt"], str) != first_prompt_is_text:
             raise DataError(
                 "prompt is text in some rows and a message list in others; use one form per dataset",
                 path=path,
-                row=i,
+                row=where[i],
                 record_id=row.get("id"),
             )
         if "id" in row:
             if row["id"] in seen_ids:
-                raise DataError(f"id {row['id']!r} repeats (first at kept row {seen_ids[row['id']]})", path=path, row=i)
-            seen_ids[row["id"]] = i
+                raise DataError(
+                    f"id {row['id']!r} repeats (first at row {seen_ids[row['id']]})",
+                    path=path,
+                    row=where[i],
+                    record_id=row["id"],
+                )
+            seen_ids[row["id"]] = where[i]
     import pyarrow as pa
 
     try:
@@ -249,9 +311,33 @@ def build_dataset(
             dataset = datasets.Dataset.from_dict({name: [] for name in columns})
     except (ValueError, TypeError, OverflowError, NotImplementedError, pa.ArrowException) as err:
         # extra columns whose values Arrow cannot hold in one column (mixed types, empty structs, huge ints)
-        raise DataError(f"columns hold values of inconsistent types: {err}", path=path) from err
+        raise _mixed_types_error(rows, where, path) or DataError(
+            f"columns hold values of inconsistent types: {err}", path=path
+        ) from err
     report.log()
     return report.attach(dataset)
+
+
+def _mixed_types_error(rows: list[dict[str, Any]], where: list[int], path: str | None) -> DataError | None:
+    """The first column whose values change type between rows, as an error naming the column and both rows."""
+    for column in rows[0]:
+        first: tuple[type, int] | None = None
+        for row, line in zip(rows, where, strict=True):
+            value = row.get(column)
+            if value is None:
+                continue
+            kind = float if isinstance(value, int | float) and not isinstance(value, bool) else type(value)
+            if first is None:
+                first = (kind, line)
+            elif kind is not first[0]:
+                return DataError(
+                    f"column {column!r} is a {type(value).__name__} here but a {first[0].__name__} in row {first[1]}; "
+                    "one type per column (convert it, or drop the column)",
+                    path=path,
+                    row=line,
+                    record_id=row.get("id"),
+                )
+    return None
 
 
 def swap_pair(record: dict[str, Any]) -> dict[str, Any]:

@@ -430,7 +430,8 @@ class PolicyModule(L.LightningModule):
         )
 
     def on_fit_end(self) -> None:
-        if self.hparams.export_dir:
+        # A fast_dev_run checks the code path only: it never writes (over) an export.
+        if self.hparams.export_dir and not self.trainer.fast_dev_run:
             self.save_adapter(self.hparams.export_dir)
 
 

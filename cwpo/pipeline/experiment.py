@@ -203,7 +203,8 @@ class Experiment:
             return {"n_pairs": result.n_pairs, "agreement": result.agreement,
                     "pairs_per_second": result.pairs_per_second}  # fmt: skip
 
-        return self.stages.run("annotate", inputs, label)
+        # A kill mid-stage keeps the scores done so far: annotate resumes from its parts (their manifest is checked).
+        return self.stages.run("annotate", inputs, label, keep=("d_u_labelled.jsonl.parts",))
 
     # -- WS-DPO: the weak model as a DPO policy, labelling by its implicit reward ---------------------------
     def ws_labels(self, seed: int) -> StageResult:

@@ -2,7 +2,8 @@
 
 A stage folder is ``<run_dir>/<stage>/<key>/``. The stage writes its files there and, last of all, an atomic
 ``DONE.json`` marker holding its outputs' summary. A folder without the marker is unfinished work: a rerun
-removes it and starts that stage again, so a kill mid-stage never leaves a result that looks finished.
+removes it and starts that stage again, so a kill mid-stage never leaves a result that looks finished; only work a
+stage knows how to resume (``keep``: annotate's ``*.parts`` folder, whose manifest a resume checks) stays.
 Changing one input changes that stage's key and every key downstream of it, and nothing else.
 """
 
@@ -50,10 +51,13 @@ class StageRunner:
     def key(self, name: str, inputs: dict[str, Any]) -> str:
         return stable_hash({"stage": name, "inputs": inputs})
 
-    def run(self, name: str, inputs: dict[str, Any], fn: Callable[[Path], dict[str, Any]]) -> StageResult:
+    def run(
+        self, name: str, inputs: dict[str, Any], fn: Callable[[Path], dict[str, Any]], keep: tuple[str, ...] = ()
+    ) -> StageResult:
         """Return stage ``name``'s result for ``inputs``, calling ``fn(folder) -> summary`` only if not done.
 
-        ``inputs`` must hold everything that decides the result, including the keys of upstream stages.
+        ``inputs`` must hold everything that decides the result, including the keys of upstream stages. ``keep``
+        names entries of an unfinished folder that ``fn`` resumes from (they are not removed).
         """
         key = self.key(name, inputs)
         folder = self.run_dir / name / key
@@ -64,9 +68,13 @@ class StageRunner:
             log.info("stage %s: cached", label)
             return StageResult(name, key, folder, json.loads(marker.read_text())["summary"], cached=True)
         if folder.exists():
-            log.info("stage %s: removing unfinished work from an interrupted run", label)
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
+            kept = sorted(entry.name for entry in folder.iterdir() if entry.name in keep)
+            log.info("stage %s: removing unfinished work from an interrupted run%s", label,
+                     f" (resuming from {', '.join(kept)})" if kept else "")  # fmt: skip
+            for entry in folder.iterdir():
+                if entry.name not in keep:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "inputs.json", inputs)
         start = time.perf_counter()
         summary = fn(folder)

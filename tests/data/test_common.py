@@ -19,7 +19,10 @@ def fake_hub(monkeypatch):
         calls.append((path, args, kwargs))
         source = {"Anthropic/hh-rlhf": "hh-rlhf", "HuggingFaceH4/ultrafeedback_binarized": "ultrafeedback",
                   "openai/summarize_from_feedback": "tldr", "stanfordnlp/SHP": "shp"}[path]  # fmt: skip
-        return [VALID[source]]
+        row = dict(VALID[source])
+        if "data_dir" in kwargs and source == "shp":  # the domains' folders hold different posts (not duplicates)
+            row["history"] = f"{row['history']} ({kwargs['data_dir']})"
+        return [row]
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     return calls

@@ -80,7 +80,7 @@ def test_build_dataset_checks():
         build_dataset([GOOD, {**GOOD, "id": "p2", "prompt": [{"role": "user", "content": "x"}]}], report=FilterReport())
     with pytest.raises(DataError, match=r"columns differ from the first row's \(differing: \['confidence'\]\)"):
         build_dataset([GOOD, {**GOOD, "id": "p2", "confidence": 0.5}], report=FilterReport())
-    with pytest.raises(DataError, match="inconsistent types"):
+    with pytest.raises(DataError, match="column 'extra' is a dict here but a float in row 0; one type per column"):
         build_dataset([{**GOOD, "extra": 1}, {**GOOD, "id": "p2", "extra": {"a": 1}}], report=FilterReport())
 
 

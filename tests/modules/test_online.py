@@ -141,6 +141,13 @@ def test_runs_from_the_fit_cli(annotator_dir, tmp_path, monkeypatch):
               f"--model.annotator={annotator_dir}", "--model.max_new_tokens=4", "--model.export_dir=adapter",
               "--data.limit=8", "--data.batch_size=4", "--trainer.max_steps=2"])  # fmt: skip
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    # An explicit checkpoint path resumes it (its hyper-parameters parse back into this module's arguments).
+    ckpt = tmp_path / "runs" / "online" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    cli = fit.build_cli("online", ["--config", str(config), f"--model.annotator={annotator_dir}",
+                                   "--model.max_new_tokens=4", "--model.export_dir=adapter2", "--data.limit=8",
+                                   "--data.batch_size=4", "--trainer.max_epochs=2", "--trainer.max_steps=3", "--ckpt_path",
+                                   str(ckpt)])  # fmt: skip
+    assert cli.trainer.global_step == 3 and Path(cli.trainer.ckpt_path) == ckpt
 
 
 def test_a_resumed_fit_samples_and_ends_like_the_uninterrupted_one(annotator_dir, tmp_path):

@@ -95,3 +95,40 @@ def test_online_cw_dpo_runs_from_the_offline_annotator_and_sft(tmp_path):
     assert method_family(parse_method("ipo")) == ("Weak (c = 1)", "IPO")
     assert method_family(parse_method("top-30")) == ("Top-30 %", "DPO")
     assert experiment_module.OBJECTIVE_TITLES["rdpo"] == "rDPO"
+
+
+def test_a_run_killed_inside_annotate_resumes_from_the_parts_it_scored(tmp_path, monkeypatch):
+    """``cwpo run`` dies after annotate wrote two of its batches; the rerun keeps those scores (the stage folder's
+    ``d_u_labelled.jsonl.parts``), scores only the rest, and writes what an uninterrupted run writes."""
+    from cwpo.annotation import annotate as annotate_module
+
+    writer = annotate_module._PartWriterCallback
+    write = writer.write_on_batch_end
+    scored: list[int] = []
+
+    def recording(self, trainer, pl_module, prediction, *args, **kwargs):
+        write(self, trainer, pl_module, prediction, *args, **kwargs)
+        scored.append(len(prediction["index"]))
+        if kill_after and len(scored) == kill_after:
+            raise RuntimeError("killed during annotate")
+
+    monkeypatch.setattr(writer, "write_on_batch_end", recording)
+    kill_after = 2
+    killed = Experiment(micro_config(tmp_path / "killed", ["cw-dpo"]))
+    annotator = killed.annotator(0)
+    with pytest.raises(RuntimeError, match="killed during annotate"):
+        killed.annotate(0, annotator)
+    before = sum(scored)
+    assert len(scored) == 2 and before > 0
+
+    kill_after, scored[:] = 0, []
+    resumed = Experiment(micro_config(tmp_path / "killed", ["cw-dpo"])).annotate(0, annotator)
+    total = resumed.summary["n_pairs"]
+    assert sum(scored) == total - before  # only the batches the kill left undone
+
+    scored[:] = []
+    fresh = Experiment(micro_config(tmp_path / "fresh", ["cw-dpo"]))
+    uninterrupted = fresh.annotate(0, fresh.annotator(0))
+    assert sum(scored) == total
+    name = "d_u_labelled.jsonl"
+    assert (resumed.path / name).read_bytes() == (uninterrupted.path / name).read_bytes()

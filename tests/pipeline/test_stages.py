@@ -51,3 +51,24 @@ def test_interrupted_stage_is_redone_from_scratch(tmp_path):
     result = StageRunner(tmp_path).run("annotate", {"n": 3}, _writer(calls, "full"))
     assert calls == ["full"] and not result.cached
     assert not (result.path / "partial.bin").exists()
+
+
+def test_interrupted_stage_keeps_only_the_work_it_resumes_from(tmp_path):
+    runner = StageRunner(tmp_path)
+
+    def dies(folder):
+        (folder / "out.jsonl.parts").mkdir()
+        (folder / "out.jsonl.parts" / "part-rank0.jsonl").write_text("done\n")
+        (folder / "half.txt").write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        runner.run("annotate", {"x": 1}, dies, keep=("out.jsonl.parts",))
+    seen = []
+
+    def resumes(folder):
+        seen.append(sorted(p.name for p in folder.iterdir()))
+        return {"parts": (folder / "out.jsonl.parts" / "part-rank0.jsonl").read_text()}
+
+    result = runner.run("annotate", {"x": 1}, resumes, keep=("out.jsonl.parts",))
+    assert seen == [["inputs.json", "out.jsonl.parts"]] and result.summary == {"parts": "done\n"}

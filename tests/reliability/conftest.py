@@ -27,11 +27,6 @@ def fit_args(model: str, root: Path, *, every_n_train_steps: int | None = None, 
         {"class_path": "tests.reliability.callbacks.KillAtStep"},
         {"class_path": "tests.reliability.callbacks.RecordSteps", "init_args": {"path": str(root / "steps.jsonl")}},
     ]
-    if every_n_train_steps is not None:
-        callbacks.insert(0, {
-            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "init_args": {"every_n_train_steps": every_n_train_steps, "save_last": True, "save_top_k": 0},
-        })  # fmt: skip
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
               "init_args": {"save_dir": str(root), "name": "logs", "version": 0}}  # fmt: skip
     return [
@@ -39,7 +34,9 @@ def fit_args(model: str, root: Path, *, every_n_train_steps: int | None = None, 
         "--trainer.default_root_dir", str(root),
         "--trainer.logger", json.dumps(logger),
         "--trainer.callbacks", json.dumps(callbacks),
-        "--trainer.enable_checkpointing", "true" if every_n_train_steps is not None else "false",
+        # The shipped checkpoint (cwpo.modules.checkpoint.PeriodicCheckpoint), every N steps and no time trigger.
+        *(["--checkpoint.every_n_steps", str(every_n_train_steps), "--checkpoint.every_minutes", "0"]
+          if every_n_train_steps is not None else ["--trainer.enable_checkpointing", "false"]),
         *extra,
     ]  # fmt: skip
 

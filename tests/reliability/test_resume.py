@@ -1,7 +1,7 @@
 """Resuming: a killed and resumed run ends where an uninterrupted run ends, and the pipeline resumes by stage.
 
-Fit runs (annotator, SFT, policy): ``python -m cwpo.fit`` in a subprocess, checkpointing every N steps
-(``ModelCheckpoint(every_n_train_steps=N, save_last=True)``), ``SIGKILL``-ed by its own test callback at the start
+Fit runs (annotator, SFT, policy): ``python -m cwpo.fit`` in a subprocess, checkpointing every N steps with the
+shipped checkpoint callback (``--checkpoint.every_n_steps N``), ``SIGKILL``-ed by its own test callback at the start
 of step k+1 (``CWPO_TEST_KILL_AT_STEP``), then resumed with ``--ckpt_path last``. The resumed run and an
 uninterrupted run of the same config are run in this process, single-threaded like the subprocess, and must agree
 **bit for bit** on CPU: every step's batch rows and loss after the resume, the final weights (all of them, so the

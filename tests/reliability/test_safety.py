@@ -247,6 +247,7 @@ def test_model_spec_passes_trust_remote_code_to_every_transformers_loader(trust,
         return classmethod(lambda cls, *a, **k: load(*a, **k))
 
     config = transformers.LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    monkeypatch.setattr("cwpo.models.check_model_source", lambda name: None)  # no hub here: the loaders are fakes
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", recorder("tokenizer"))
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", recorder("config", config))
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", recorder("causal_lm"))
