@@ -71,6 +71,8 @@ def _trainer(folder: Path, epochs: int, extra: dict[str, Any], *, validate: bool
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Lightning announces devices and tips at every Trainer; a pipeline of dozens of them should not."""
+    import lightning.pytorch  # noqa: F401  importing lightning resets its loggers: set levels after the import
+
     names = ("lightning.pytorch", "lightning.fabric", "lightning")
     loggers = [logging.getLogger(name) for name in names]
     levels = [lg.level for lg in loggers]
