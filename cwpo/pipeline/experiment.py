@@ -78,9 +78,19 @@ def _quiet() -> Iterator[None]:
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)
+    from datasets.utils import logging as datasets_logging
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled(), datasets_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" at every stage
+    datasets_logging.disable_progress_bar()
     try:
         yield
     finally:
+        if bars[0]:
+            hf_logging.enable_progress_bar()
+        if bars[1]:
+            datasets_logging.enable_progress_bar()
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
