@@ -85,14 +85,26 @@ def _stage_trainer(config: ExperimentConfig, backbone: Any) -> dict[str, Any]:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Lightning announces devices and tips at every Trainer; a pipeline of dozens of them should not."""
+    import lightning.pytorch  # noqa: F401  importing lightning resets its loggers: set levels after the import
+
     names = ("lightning.pytorch", "lightning.fabric", "lightning")
     loggers = [logging.getLogger(name) for name in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)
+    from datasets.utils import logging as datasets_logging
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled(), datasets_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" at every stage
+    datasets_logging.disable_progress_bar()
     try:
         yield
     finally:
+        if bars[0]:
+            hf_logging.enable_progress_bar()
+        if bars[1]:
+            datasets_logging.enable_progress_bar()
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
