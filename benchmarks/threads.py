@@ -63,12 +63,14 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     args = parser.parse_args(argv)
     import torch
 
     lines = [f"{'shape':<26} {'precision':<9} {'threads':>7} {'ms/step':>9} {'CPU-s/step':>10}"]
     best: dict[tuple[str, str], tuple[float, int]] = {}
-    for name, shape in SHAPES.items():
+    for name in args.shapes:
+        shape = SHAPES[name]
         model, ids = build(shape)
         times: dict[tuple[str, int], list[tuple[float, float]]] = {}
         settings = [(p, t) for p in args.precision for t in args.threads]
