@@ -75,7 +75,9 @@ def _stage_trainer(config: ExperimentConfig, backbone: Any) -> dict[str, Any]:
     ``trainer.precision`` wins)."""
     extra = _plain(config.trainer)
     if "precision" not in extra:
-        hidden = hidden_size(as_model_spec(backbone if not isinstance(backbone, dict) else dict(backbone)))
+        # Only ``auto`` looks at the model's width (its config: a hub read for a hub model).
+        spec = as_model_spec(backbone if not isinstance(backbone, dict) else dict(backbone))
+        hidden = hidden_size(spec) if config.precision == "auto" else None
         extra["precision"] = resolve_precision(
             config.precision, hidden_size=hidden, accelerator=extra.get("accelerator")
         )
