@@ -741,6 +741,7 @@ def summarise(results: list[dict], precisions: list[str]) -> dict:
             "ratio_vs_best_trl_per_cpu_s": _paired_ratio(results, best, cwpo, "pairs_per_cpu_s"),
             "lowest_ratio_over_trl_configs": min(_paired_ratio(results, r, cwpo, "pairs_per_s") for r in trl),
             "cwpo_pairs_per_s": statistics.mean(r["pairs_per_s"] for r in cwpo),
+            "cwpo_pairs_per_cpu_s": statistics.mean(r["pairs_per_cpu_s"] for r in cwpo),
             "cwpo_peak_rss_mb": max(r["peak_rss_mb"] for r in cwpo),
             "best_trl_peak_rss_mb": best["peak_rss_mb"],
             "lowest_trl_peak_rss_mb": min(r["peak_rss_mb"] for r in trl),
@@ -765,14 +766,8 @@ def summarise(results: list[dict], precisions: list[str]) -> dict:
     per = summary["per_precision"]
     if "fp32" in per and "bf16" in per:
         summary["cwpo_bf16_over_fp32"] = per["bf16"]["cwpo_pairs_per_s"] / per["fp32"]["cwpo_pairs_per_s"]
-        fp32_cwpo = [
-            r for r in results if r["system"] == "cwpo" and r["variant"] == "all-on" and r["precision"] == "fp32"
-        ]
-        bf16_cwpo = [
-            r for r in results if r["system"] == "cwpo" and r["variant"] == "all-on" and r["precision"] == "bf16"
-        ]
-        summary["cwpo_bf16_over_fp32_per_cpu_s"] = statistics.mean(r["pairs_per_cpu_s"] for r in bf16_cwpo) / (
-            statistics.mean(r["pairs_per_cpu_s"] for r in fp32_cwpo)
+        summary["cwpo_bf16_over_fp32_per_cpu_s"] = (
+            per["bf16"]["cwpo_pairs_per_cpu_s"] / per["fp32"]["cwpo_pairs_per_cpu_s"]
         )
     return summary
 

@@ -44,8 +44,12 @@ def test_unknown_precision_is_refused():
         resolve_precision("fp16", hidden_size=64)
 
 
-def test_hidden_size_comes_from_the_config_without_weights():
+def test_hidden_size_comes_from_the_config_without_weights(tmp_path):
+    from transformers import BertConfig
+
     assert hidden_size(tiny_spec()) == 32
+    BertConfig(hidden_size=48, num_attention_heads=4).save_pretrained(tmp_path)  # a folder with no weights at all
+    assert hidden_size(str(tmp_path)) == 48
 
 
 def test_policy_with_a_bf16_base_keeps_lora_and_loss_in_float32_and_learns():

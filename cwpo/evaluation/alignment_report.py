@@ -16,19 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from cwpo.evaluation.comparisons import comparisons, significance_sentence
+from cwpo.evaluation.metrics import mean_se
 
 Z95 = 1.959964
 
 
 def _pooled(members: Sequence[Mapping[str, Any]], key: str) -> list[float]:
     return [v for r in members for v in (r.get("per_prompt") or {}).get(key, [])]
-
-
-def _mean_se(values: Sequence[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
-    return mean, math.sqrt(var / n)
 
 
 def _avg(members, key) -> float | None:
@@ -55,9 +49,9 @@ def method_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             entry[key] = _avg(members, key)
         rewards, sft_rewards = _pooled(members, "reward"), _pooled(members, "sft_reward")
         if rewards and len(rewards) == len(sft_rewards):
-            entry["mean_gold_reward"], entry["gold_reward_se"] = _mean_se(rewards)
-            entry["sft_mean_gold_reward"], entry["sft_gold_reward_se"] = _mean_se(sft_rewards)
-            entry["gold_gain"], entry["gold_gain_se"] = _mean_se(
+            entry["mean_gold_reward"], entry["gold_reward_se"] = mean_se(rewards)
+            entry["sft_mean_gold_reward"], entry["sft_gold_reward_se"] = mean_se(sft_rewards)
+            entry["gold_gain"], entry["gold_gain_se"] = mean_se(
                 [a - b for a, b in zip(rewards, sft_rewards, strict=True)]
             )
         out.append(entry)

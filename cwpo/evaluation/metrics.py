@@ -83,6 +83,16 @@ def binomial_se(successes: int, n: int) -> float:
     return 100.0 * math.sqrt(p * (1.0 - p) / n)
 
 
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """The mean of ``values`` and its standard error ``s / sqrt(n)`` (sample standard deviation; 0 for one value)."""
+    n = len(values)
+    if n == 0:
+        raise CwpoError("a mean and its standard error need at least one observation")
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(var / n)
+
+
 def bootstrap_se(outcomes: torch.Tensor, *, n_resamples: int = 1000, seed: int = 0) -> float:
     """Bootstrap standard error of the mean of ``outcomes`` (0/1 per prompt), in percentage points.
 

@@ -490,7 +490,7 @@ class Experiment:
         """Aligned vs SFT answers to the same test prompts: GRA, wins / ties / losses, mean gold reward ± SE,
         mean length and EOS rate of both, and the per-prompt values (``per_prompt``) for paired comparisons."""
         from cwpo.evaluation.judges import judge_compare
-        from cwpo.evaluation.metrics import pairwise_accuracy
+        from cwpo.evaluation.metrics import mean_se, pairwise_accuracy
 
         def read(stage: StageResult) -> list[dict[str, Any]]:
             lines = (stage.path / "generations.jsonl").read_text().splitlines()
@@ -499,20 +499,18 @@ class Experiment:
         aligned_rows, sft_rows = read(aligned), read(sft)
         prompts = [row["prompt"] for row in aligned_rows]
         answers, sft_answers = [r["response"] for r in aligned_rows], [r["response"] for r in sft_rows]
-        margins = judge_compare(self._judge(), prompts, answers, sft_answers).double()
+        judge = self._judge()
+        margins = judge_compare(judge, prompts, answers, sft_answers).double()
         result = pairwise_accuracy(margins)
         out = {"gra": result.gra, "ties_pct": result.ties, "gra_se": result.se, "n": result.n, "wins": result.n_wins,
                "ties": result.n_ties, "losses": result.n_losses}  # fmt: skip
-        judge = self._judge()
         per_prompt: dict[str, list[float]] = {"outcome": torch.sign(margins).tolist()}
         if hasattr(judge, "score"):
             rewards = judge.score(prompts, answers).double()
             sft_rewards = judge.score(prompts, sft_answers).double()
-            n = max(len(prompts), 1)
-            se = lambda t: float(t.std(unbiased=True) / n**0.5) if t.numel() > 1 else 0.0  # noqa: E731
-            out |= {"mean_gold_reward": float(rewards.mean()), "gold_reward_se": se(rewards),
-                    "sft_mean_gold_reward": float(sft_rewards.mean()), "sft_gold_reward_se": se(sft_rewards),
-                    "gold_gain": float((rewards - sft_rewards).mean()), "gold_gain_se": se(rewards - sft_rewards)}  # fmt: skip
+            out["mean_gold_reward"], out["gold_reward_se"] = mean_se(rewards.tolist())
+            out["sft_mean_gold_reward"], out["sft_gold_reward_se"] = mean_se(sft_rewards.tolist())
+            out["gold_gain"], out["gold_gain_se"] = mean_se((rewards - sft_rewards).tolist())
             per_prompt |= {"reward": rewards.tolist(), "sft_reward": sft_rewards.tolist()}
         limit = self.config.eval.max_new_tokens
         for prefix, rows in (("", aligned_rows), ("sft_", sft_rows)):
@@ -572,14 +570,11 @@ class Experiment:
             records = list(load_part(dataset, part, split_ratio=data.split_ratio, split_seed=int(self._seed)))
         if not records or "gold_reward_chosen" not in records[0]:
             return {}
-        if method.weighting == "confidence":
-            weights = [float(r["confidence"]) for r in records]
-        elif method.weighting == "top_n":
-            ranked = sorted(range(len(records)), key=lambda i: -float(records[i]["confidence"]))
-            keep = set(ranked[: max(1, round(method.top_n_fraction * len(records)))])
-            weights = [1.0 if i in keep else 0.0 for i in range(len(records))]
-        else:
-            weights = [1.0] * len(records)
+        from cwpo.modules.policy import WEIGHTINGS
+
+        # The weights training gives these pairs: the policy module's own weighting functions.
+        confidence = torch.tensor([float(r.get("confidence", 1.0)) for r in records], dtype=torch.float64)
+        weights = WEIGHTINGS[method.weighting].fn(confidence, method.top_n_fraction).double().tolist()
         total = sum(weights) or 1.0
         gold = [float(r["gold_reward_chosen"] > r["gold_reward_rejected"]) for r in records]
         human = [float(r.get("human_label", 1) == 1) for r in records]

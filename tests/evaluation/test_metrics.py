@@ -15,6 +15,7 @@ from cwpo.evaluation.metrics import (
     evaluate_gra,
     gold_reward_accuracy,
     implicit_reward_margins,
+    mean_se,
     pairwise_accuracy,
     preference_accuracy,
 )
@@ -115,3 +116,12 @@ def test_preference_accuracy_rejects_bad_labels():
         preference_accuracy(one, one, one, one, torch.tensor([1, 2]))
     with pytest.raises(CwpoError):
         preference_accuracy(one, one, one, torch.ones(3))
+
+
+def test_mean_se_by_hand():
+    """[1, 2, 3, 4]: mean 2.5, sample variance (2.25 + 0.25 + 0.25 + 2.25) / 3 = 5/3, SE sqrt(5/3 / 4) = 0.645497."""
+    mean, se = mean_se([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and math.isclose(se, math.sqrt(5 / 12))
+    assert mean_se([7.0]) == (7.0, 0.0)
+    with pytest.raises(CwpoError, match="at least one observation"):
+        mean_se([])
