@@ -68,6 +68,17 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_figure(path: str | os.PathLike, figure: Any) -> Path:
+    """Write a matplotlib ``Figure`` as a PNG, atomically, on the Agg canvas (no display, no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    return path
+
+
 def stable_hash(obj: Any, *, length: int = 16) -> str:
     """A hex digest of ``obj`` (JSON-serialisable) that is the same across runs and machines."""
     payload = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
