@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 
 from cwpo.errors import ConfigError
-from cwpo.io import atomic_path, file_hash
+from cwpo.io import atomic_path, file_hash, plain_data
 from cwpo.models import ModelSpec, as_model_spec
 from cwpo.modules.causal_lm import ADAPTER_WEIGHTS, check_adapter_file, gathered_params, is_zero3_model, merge_adapter
 
@@ -61,7 +60,9 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def model_card(*, title: str, backbone: ModelSpec, init_adapter: str | None, hparams: dict[str, Any]) -> str:
     """A short model card (Hugging Face README with YAML front matter) describing how the weights were trained."""
-    settings = "\n".join(f"- `{key}`: `{_plain(value)}`" for key, value in sorted(hparams.items()) if key != "backbone")
+    settings = "\n".join(
+        f"- `{key}`: `{plain_data(value)}`" for key, value in sorted(hparams.items()) if key != "backbone"
+    )
     return (
         "---\n"
         "library_name: peft\n"
@@ -71,20 +72,12 @@ def model_card(*, title: str, backbone: ModelSpec, init_adapter: str | None, hpa
         f"# {title}\n\n"
         "Trained with cwpo (Confidence-Weighted Preference Optimization: a weak annotator labels preference pairs "
         "with a confidence c; the strong model is aligned with c-weighted DPO/IPO/rDPO).\n\n"
-        f"- base model: `{backbone.name_or_path}` (spec: `{json.dumps(_plain(backbone.identity()))}`)\n"
+        f"- base model: `{backbone.name_or_path}` (spec: `{json.dumps(plain_data(backbone.identity()))}`)\n"
         f"- merged into the base before this adapter: `{init_adapter}`\n\n"
         "Load with `PeftModel.from_pretrained(base, this_folder)` on the base above, with the init adapter merged "
         "(or `python -m cwpo.modules.export merge this_folder OUT`).\n\n"
         f"## Training settings\n\n{settings}\n"
     )
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    return value
 
 
 def save_adapter(

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from cwpo.errors import ConfigError
+from cwpo.io import plain_data
 
 
 def plain_hparams(hparams) -> None:
     """Replace dataclass values (``ModelSpec``, ``LoraSpec``, ``OptimConfig``) in ``hparams`` by dicts, in place, so
     checkpoints hold plain data and load with ``torch.load(weights_only=True)``; the modules accept either form."""
     for key, value in list(hparams.items()):
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            hparams[key] = dataclasses.asdict(value)
+        hparams[key] = plain_data(value)
 
 
 def as_config(value: Any, cls: type) -> Any:

@@ -25,7 +25,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import lightning as L
 import torch
@@ -45,18 +45,9 @@ from cwpo.modules.causal_lm import (
 )
 from cwpo.modules.hparams import as_config, check_choice, plain_hparams
 from cwpo.modules.optim import OptimConfig, configure_optimizers
-from cwpo.modules.prefix import num_pairs, pair_logps_of_batch
+from cwpo.modules.prefix import PairLogps, num_pairs, pair_logps_of_batch
 from cwpo.modules.reference import REFERENCE_MODES, cached_reference_logps, collect_by_index, tokenization_settings
 from cwpo.modules.resume import ResumeState
-
-
-class PairLogps(NamedTuple):
-    """Summed response log-probs of a pair batch and the response token counts. Each shape (b,)."""
-
-    chosen_logps: torch.Tensor
-    rejected_logps: torch.Tensor
-    chosen_counts: torch.Tensor
-    rejected_counts: torch.Tensor
 
 
 def pair_logps(model: nn.Module, batch: dict[str, torch.Tensor], *, impl: str = "logits") -> PairLogps:
