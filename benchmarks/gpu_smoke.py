@@ -73,7 +73,7 @@ def run_case(name: str, args) -> dict:
 
     from cwpo.data.collate import PairCollator
     from cwpo.models import LoraSpec, ModelSpec
-    from cwpo.modules.export import check_adapter_file
+    from cwpo.modules.causal_lm import check_adapter_file
     from cwpo.modules.optim import OptimConfig
     from cwpo.modules.policy import PolicyModule
 

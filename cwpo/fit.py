@@ -12,11 +12,12 @@ Examples:
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cwpo.io import plain_data
 
 
 @dataclass(frozen=True)
@@ -150,16 +151,6 @@ def _init_arguments(cls) -> set[str] | None:
     return {p.name for p in parameters} - {"self"}
 
 
-def _plain_value(value):
-    """A linked value as plain data: a parsed dataclass (e.g. ``model.backbone``, a ``ModelSpec``) becomes a dict,
-    so targets typed ``str | dict`` (the datamodules' ``tokenizer``) accept it."""
-    if hasattr(value, "as_dict"):
-        return value.as_dict()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    return value
-
-
 def build_cli(name: str, args: list[str], *, run: bool = True):
     """Build (and by default run ``fit`` of) the LightningCLI for registry entry ``name``."""
     from lightning.pytorch.cli import LightningCLI
@@ -171,7 +162,7 @@ def build_cli(name: str, args: list[str], *, run: bool = True):
     class CwpoCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             for source, target in entry.links:
-                parser.link_arguments(source, target, compute_fn=_plain_value)
+                parser.link_arguments(source, target, compute_fn=plain_data)
             # Defaults given as class_path dicts stay overridable from YAML and the command line.
             parser.set_defaults({f"trainer.{key}": value for key, value in trainer_defaults(name).items()})
             # last.ckpt every N steps and M minutes: --checkpoint.every_n_steps N --checkpoint.every_minutes M

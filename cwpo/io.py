@@ -8,6 +8,7 @@ and renamed into place only when complete, so a kill leaves either the old file 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -66,6 +67,31 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text``, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_figure(path: str | os.PathLike, figure: Any) -> Path:
+    """Write a matplotlib ``Figure`` as a PNG, atomically, on the Agg canvas (no display, no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    return path
+
+
+def plain_data(value: Any) -> Any:
+    """``value`` as plain data for configs, hashes and JSON: a dataclass (or anything with ``as_dict``, such as a
+    parsed jsonargparse namespace) becomes a dict, recursively through dicts, lists and tuples."""
+    if callable(getattr(value, "as_dict", None)):
+        return value.as_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {key: plain_data(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(plain_data(item) for item in value)
+    return value
 
 
 def stable_hash(obj: Any, *, length: int = 16) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cwpo.errors import DataError
-from cwpo.io import atomic_path, write_json, write_text
+from cwpo.io import write_figure, write_json, write_text
 
 TOP_N_PERCENTS = (10, 20, 30, 40, 50, 75, 100)
 """The top-N % shares of the paper's Tables 10-11."""
@@ -145,12 +145,10 @@ def report_markdown(report: dict[str, Any], *, title: str = "Weak annotator") ->
 
 def plot_report(report: dict[str, Any], path: str | os.PathLike, *, title: str = "Weak annotator") -> Path:
     """Accuracy by confidence bin and for the top-N % as a PNG (matplotlib's Agg backend), written atomically."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
     bins = report["bins"]
     left.bar([b["bin"] for b in bins], [100 * (b["accuracy"] or 0.0) for b in bins], color="tab:blue")
     left.set(xlabel="confidence bin (1 = least confident)", ylabel="agreement with humans (%)", ylim=(0, 100))
@@ -165,11 +163,7 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike, *, title: str =
         axis.legend(loc="lower right")
     fig.suptitle(f"{title} (n = {report['n_labelled']})")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return write_figure(path, fig)
 
 
 def write_report(

@@ -55,16 +55,6 @@ def truncated_lengths(prompt_len: int, chosen_len: int, rejected_len: int, max_l
     return min(prompt_len, max_length), min(chosen_len, room), min(rejected_len, room)
 
 
-def prefix_row_length(example: dict[str, Any], max_length: int | None = None) -> int:
-    """Length of the example's prefix-shared row (``P + C + R`` after truncation): the key for length grouping
-    (e.g. :class:`cwpo.data.sampler.LengthGroupedSampler`)."""
-    return sum(
-        truncated_lengths(
-            len(example["prompt_ids"]), len(example["chosen_ids"]), len(example["rejected_ids"]), max_length
-        )
-    )
-
-
 def _pad_to(length: int, multiple: int | None) -> int:
     if not multiple:
         return length

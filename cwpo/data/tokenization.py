@@ -44,6 +44,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -234,15 +235,49 @@ class PairTokenizer:
         return head + body, {name: ids[:room] for name, ids in responses.items()}, None
 
 
-def dataset_fingerprint(dataset) -> str:
-    """A hash of a dataset's content (column types and values, in row order), the same on any machine.
+def arrow_table(dataset: Any, columns: Sequence[str]):
+    """The columns of a ``datasets.Dataset`` (or of the one a torch wrapper keeps as ``.dataset``, same rows) as a
+    pyarrow table, row order and selections respected; ``None`` for anything else or a missing column."""
+    import datasets
 
-    Values are hashed through their JSON form, not Arrow's buffers: equal tables can differ in buffer layout
-    (a ``select`` then ``flatten_indices`` keeps other offsets and padding than a fresh table).
+    inner = getattr(dataset, "dataset", None)
+    if not isinstance(dataset, datasets.Dataset) and isinstance(inner, datasets.Dataset) and len(inner) == len(dataset):
+        dataset = inner
+    if not isinstance(dataset, datasets.Dataset) or not set(columns) <= set(dataset.column_names):
+        return None
+    return dataset.select_columns(list(columns)).with_format("arrow")[:]
+
+
+def dataset_fingerprint(dataset: Any, columns: Sequence[str] | None = None) -> str:
+    """A hash of a dataset's content (``columns``, or every column), in row order, the same on any machine.
+
+    Token-id columns (lists of integers) are hashed from their Arrow values, fast and independent of buffer layout;
+    other values through their JSON form, since equal tables can differ in buffer layout (a ``select`` then
+    ``flatten_indices`` keeps other offsets and padding than a fresh table). ``dataset`` is a ``datasets.Dataset``,
+    a torch dataset wrapping one, or any sequence of dict rows.
     """
-    digest = hashlib.sha256(str(dataset.features).encode())
-    for batch in dataset.iter(batch_size=2048):
-        digest.update(json.dumps(batch, sort_keys=True, ensure_ascii=False, default=str).encode())
+    import pyarrow as pa
+
+    names = getattr(getattr(dataset, "dataset", dataset), "column_names", None)
+    selected = [c for c in (columns or names or ()) if names is None or c in names] or names
+    table = arrow_table(dataset, selected) if selected else None
+    digest = hashlib.sha256()
+    if table is None:
+        for row in dataset:
+            fields = {key: row[key] for key in selected or () if key in row} or row
+            digest.update(json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str).encode())
+        return digest.hexdigest()[:16]
+    import numpy as np
+    import pyarrow.compute as pc
+
+    digest.update(f"{table.schema}|rows={table.num_rows}".encode())
+    for name in table.column_names:
+        column = table.column(name)
+        if pa.types.is_list(column.type) and pa.types.is_integer(column.type.value_type):
+            digest.update(np.asarray(pc.list_value_length(column), dtype=np.int64).tobytes())
+            digest.update(np.asarray(pc.list_flatten(column), dtype=np.int64).tobytes())
+        else:
+            digest.update(json.dumps(column.to_pylist(), sort_keys=True, ensure_ascii=False, default=str).encode())
     return digest.hexdigest()[:16]
 
 

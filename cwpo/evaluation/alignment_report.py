@@ -17,6 +17,7 @@ from typing import Any
 
 from cwpo.evaluation.comparisons import comparisons, significance_sentence
 from cwpo.evaluation.metrics import mean_se
+from cwpo.io import write_figure
 
 Z95 = 1.959964
 
@@ -103,8 +104,6 @@ def plot_gain(summary: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     """Mean gold-reward gain over the own SFT model per method, with 95 % CIs (pooled prompts)."""
     from matplotlib.figure import Figure
 
-    from cwpo.evaluation.report import _save_figure
-
     entries = [s for s in summary if s.get("gold_gain") is not None]
     if not entries:
         return None
@@ -126,14 +125,12 @@ def plot_gain(summary: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
         axis.set_xticks(list(xs))
         axis.set_xticklabels([s["method"] for s in entries], rotation=30, ha="right", fontsize="small")
     figure.tight_layout()
-    return _save_figure(figure, path)
+    return write_figure(path, figure)
 
 
 def plot_comparisons(results: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     """Paired differences in mean gold reward with their 95 % bootstrap CIs."""
     from matplotlib.figure import Figure
-
-    from cwpo.evaluation.report import _save_figure
 
     entries = [r for r in results if r["metric"] == "gold_reward"]
     if not entries:
@@ -149,7 +146,7 @@ def plot_comparisons(results: Sequence[Mapping[str, Any]], path: Path) -> Path |
     axis.set_yticklabels([f"{r['a']} − {r['b']}" for r in entries], fontsize="small")
     axis.set(xlabel="difference in mean gold reward (95 % bootstrap CI)", title="Paired by seed × prompt")
     figure.tight_layout()
-    return _save_figure(figure, path)
+    return write_figure(path, figure)
 
 
 def diagnosis(records: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]], bins: int = 5) -> list[str]:

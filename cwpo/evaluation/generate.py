@@ -42,6 +42,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from cwpo.data.collate import PromptCollator
 from cwpo.errors import ConfigError, CwpoError
 from cwpo.io import atomic_path
 
@@ -266,30 +267,7 @@ class _PromptDataset(Dataset):
         return len(self.prompt_ids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"index": index, "input_ids": self.prompt_ids[index]}
-
-
-def left_pad_collate(examples: Sequence[Mapping[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """A generation batch (see docs/ARCHITECTURE.md): ``input_ids``/``attention_mask`` left padded, ``index``."""
-    width = max(len(e["input_ids"]) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        ids = torch.as_tensor(example["input_ids"], dtype=torch.long)
-        input_ids[row, width - len(ids) :] = ids
-        attention_mask[row, width - len(ids) :] = 1
-    index = torch.as_tensor([int(e["index"]) for e in examples], dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "index": index}
-
-
-class _LeftPadCollator:
-    """Picklable collate function (DataLoader workers)."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, examples):
-        return left_pad_collate(examples, self.pad_token_id)
+        return {"index": index, "prompt_ids": self.prompt_ids[index]}
 
 
 class GenerationModule(L.LightningModule):
@@ -432,7 +410,7 @@ def generate(
             _PromptDataset(prompt_ids),
             batch_size=config.batch_size,
             shuffle=False,
-            collate_fn=_LeftPadCollator(tokenizer.pad_token_id),
+            collate_fn=PromptCollator(pad_token_id=tokenizer.pad_token_id),
         )
         module = GenerationModule(model, tokenizer, config)
         trainer = trainer or default_trainer()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cwpo.errors import DataError
-from cwpo.io import atomic_path, write_json, write_text
+from cwpo.io import write_figure, write_json, write_text
 
 MISSING = "–"
 _REQUIRED = ("method", "objective", "seed")
@@ -141,15 +141,6 @@ def _csv_text(records: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def _save_figure(figure, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(figure)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    return path
-
-
 def plot_metric_by_method(
     summary: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, ylabel: str = "GRA (%)"
 ) -> Path:
@@ -181,7 +172,7 @@ def plot_metric_by_method(
         axis.set_title(str(dataset) if dataset is not None else "mean ± std over seeds")
         axis.legend(fontsize="small")
     figure.tight_layout()
-    return _save_figure(figure, Path(path))
+    return write_figure(path, figure)
 
 
 def _confidences(records: Sequence[Mapping[str, Any]]) -> list[float]:
@@ -203,7 +194,7 @@ def plot_confidence_histogram(confidences: Sequence[float], path: str | os.PathL
     axis.hist(list(confidences), bins=bins, color="tab:blue", edgecolor="white")
     axis.set(xlabel="confidence c = 2σ(Δ) − 1", ylabel="pairs", title=f"Confidence (n = {len(confidences)})")
     figure.tight_layout()
-    return _save_figure(figure, Path(path))
+    return write_figure(path, figure)
 
 
 def plot_agreement_vs_confidence(annotator: Mapping[str, Any], path: str | os.PathLike) -> Path:
@@ -224,7 +215,7 @@ def plot_agreement_vs_confidence(annotator: Mapping[str, Any], path: str | os.Pa
     axis.set_title(f"Weak label agreement vs confidence (n = {annotator['n_labelled']})")
     axis.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
-    return _save_figure(figure, Path(path))
+    return write_figure(path, figure)
 
 
 def _fenced(text: str, language: str) -> list[str]:

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,20 +28,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from cwpo.errors import ConfigError, CwpoError
-from cwpo.io import atomic_path, file_hash
+from cwpo.errors import ConfigError
+from cwpo.io import atomic_path, file_hash, plain_data
 from cwpo.models import ModelSpec, as_model_spec
+from cwpo.modules.causal_lm import ADAPTER_WEIGHTS, check_adapter_file, gathered_params, is_zero3_model, merge_adapter
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 BACKBONE_FILE = "cwpo_backbone.json"
 MODEL_CARD = "README.md"
-
-
-def _is_zero3(model: nn.Module) -> bool:
-    from cwpo.modules.sft import is_zero3_param
-
-    return any(is_zero3_param(p) for p in model.parameters())
 
 
 def adapter_identity(adapter_dir: str | None) -> dict[str, Any] | None:
@@ -54,57 +45,6 @@ def adapter_identity(adapter_dir: str | None) -> dict[str, Any] | None:
     return {"path": str(adapter_dir), "weights": file_hash(path) if path.is_file() else None}
 
 
-def merge_adapter(model: nn.Module, adapter_dir: str) -> nn.Module:
-    """Merge the PEFT adapter in ``adapter_dir`` into ``model``'s weights and return the plain model.
-
-    Under ZeRO-3 (a partitioned model, built in ``configure_model`` under ``deepspeed.zero.Init``) the adapter's
-    ``B @ A`` deltas are added to gathered weights instead (plain LoRA only).
-
-    Raises:
-        ConfigError: if the folder holds no adapter (or, under ZeRO-3, an adapter that is not plain LoRA).
-    """
-    folder = Path(adapter_dir)
-    if not (folder / ADAPTER_CONFIG).is_file() or not (folder / ADAPTER_WEIGHTS).is_file():
-        raise ConfigError(f"{folder}: not a PEFT adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})")
-    check_adapter_file(folder / ADAPTER_WEIGHTS)
-    if _is_zero3(model):
-        return _merge_lora_into_partitioned(model, folder)
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, str(folder), is_trainable=False).merge_and_unload()
-
-
-def _merge_lora_into_partitioned(model: nn.Module, folder: Path) -> nn.Module:
-    """``W += scale · B @ A`` for each LoRA pair of a plain-LoRA adapter, on a ZeRO-3-partitioned model.
-
-    PEFT's own loading writes into the partitioned placeholders; here each target weight is gathered (rank 0
-    modifies it, DeepSpeed broadcasts and re-partitions it on exit) and the delta is added as PEFT's
-    ``merge_and_unload`` would (``get_delta_weight``). Only plain LoRA on linear layers (what cwpo exports).
-    """
-    from safetensors.torch import load_file
-
-    from cwpo.modules.sft import gathered_params
-
-    config = json.loads((folder / ADAPTER_CONFIG).read_text())
-    unsupported = [key for key in ("use_dora", "fan_in_fan_out", "modules_to_save") if config.get(key)]
-    if config.get("peft_type", "LORA") != "LORA" or unsupported:
-        raise ConfigError(f"{folder}: only plain LoRA adapters can be merged under ZeRO-3 (found {unsupported})")
-    r, alpha = config["r"], config["lora_alpha"]
-    scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-    state = load_file(str(folder / ADAPTER_WEIGHTS))
-    modules = dict(model.named_modules())
-    for key_a in sorted(k for k in state if k.endswith(".lora_A.weight")):
-        name = key_a.removesuffix(".lora_A.weight").removeprefix("base_model.model.")
-        target = modules.get(name)
-        if not isinstance(target, nn.Linear):
-            raise ConfigError(f"{folder}: adapter module {name!r} is not a linear layer of this model")
-        lora_a, lora_b = state[key_a].float(), state[key_a.replace(".lora_A.", ".lora_B.")].float()
-        with gathered_params([target.weight], modifier_rank=0), torch.no_grad():
-            delta = (lora_b @ lora_a) * scale
-            target.weight.add_(delta.to(target.weight.device, target.weight.dtype))
-    return model
-
-
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The active adapter's weights, PEFT-keyed, as full CPU tensors (gathered first under ZeRO-3).
 
@@ -112,33 +52,17 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     from peft import get_peft_model_state_dict
 
-    from cwpo.modules.sft import gathered_params
-
     adapter_params = [p for name, p in model.named_parameters() if "lora_" in name]
     with gathered_params(adapter_params):
         state = get_peft_model_state_dict(model)
         return {key: value.detach().to("cpu", copy=True).contiguous() for key, value in state.items()}
 
 
-def check_adapter_file(path: str | Path) -> int:
-    """Raise CwpoError unless ``path`` holds at least one tensor and no zero-sized one; return the count."""
-    from safetensors import safe_open
-
-    count = 0
-    with safe_open(str(path), framework="pt") as handle:
-        for key in handle.keys():
-            shape = handle.get_slice(key).get_shape()
-            if 0 in shape or len(shape) == 0:
-                raise CwpoError(f"{path}: tensor {key!r} has shape {shape} (an unsaved ZeRO-3 shard?)")
-            count += 1
-    if count == 0:
-        raise CwpoError(f"{path}: the adapter holds no tensors")
-    return count
-
-
 def model_card(*, title: str, backbone: ModelSpec, init_adapter: str | None, hparams: dict[str, Any]) -> str:
     """A short model card (Hugging Face README with YAML front matter) describing how the weights were trained."""
-    settings = "\n".join(f"- `{key}`: `{_plain(value)}`" for key, value in sorted(hparams.items()) if key != "backbone")
+    settings = "\n".join(
+        f"- `{key}`: `{plain_data(value)}`" for key, value in sorted(hparams.items()) if key != "backbone"
+    )
     return (
         "---\n"
         "library_name: peft\n"
@@ -148,20 +72,12 @@ def model_card(*, title: str, backbone: ModelSpec, init_adapter: str | None, hpa
         f"# {title}\n\n"
         "Trained with cwpo (Confidence-Weighted Preference Optimization: a weak annotator labels preference pairs "
         "with a confidence c; the strong model is aligned with c-weighted DPO/IPO/rDPO).\n\n"
-        f"- base model: `{backbone.name_or_path}` (spec: `{json.dumps(_plain(backbone.identity()))}`)\n"
+        f"- base model: `{backbone.name_or_path}` (spec: `{json.dumps(plain_data(backbone.identity()))}`)\n"
         f"- merged into the base before this adapter: `{init_adapter}`\n\n"
         "Load with `PeftModel.from_pretrained(base, this_folder)` on the base above, with the init adapter merged "
         "(or `python -m cwpo.modules.export merge this_folder OUT`).\n\n"
         f"## Training settings\n\n{settings}\n"
     )
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    return value
 
 
 def save_adapter(
@@ -203,7 +119,7 @@ def save_adapter(
 
 def save_full_model(model: nn.Module, out_dir: str | Path, *, backbone: ModelSpec, card: str = "") -> Path:
     """Write a fully fine-tuned (no LoRA) model with ``save_pretrained`` plus its tokenizer, atomically."""
-    if _is_zero3(model):
+    if is_zero3_model(model):
         raise ConfigError(
             "exporting a fully fine-tuned ZeRO-3 model is not supported here; use Lightning's DeepSpeed checkpoint "
             "and deepspeed's zero_to_fp32.py, or train with LoRA"

@@ -26,9 +26,9 @@ import torch
 from cwpo.errors import ConfigError, CwpoError
 from cwpo.losses import confidence_from_margin
 from cwpo.models import LoraSpec, ModelSpec
+from cwpo.modules.causal_lm import eval_mode
 from cwpo.modules.optim import OptimConfig
 from cwpo.modules.policy import PolicyModule
-from cwpo.modules.sft import eval_mode
 
 # Schemes that map one pair's |Δ| to its c on its own; ``rank``/``minmax`` need the whole dataset's margins.
 BATCH_LOCAL_SCHEMES = ("cw", "sigmoid", "margin", "uniform")

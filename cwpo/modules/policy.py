@@ -25,7 +25,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import lightning as L
 import torch
@@ -35,30 +35,19 @@ from torch import nn
 from cwpo.errors import ConfigError
 from cwpo.losses import REDUCTIONS, get_objective, top_n_weights, weighted_loss
 from cwpo.models import LoraSpec, ModelSpec, as_model_spec
-from cwpo.modules.optim import OptimConfig, configure_optimizers
-from cwpo.modules.prefix import num_pairs, pair_logps_of_batch
-from cwpo.modules.reference import REFERENCE_MODES, cached_reference_logps, collect_by_index, tokenization_settings
-from cwpo.modules.resume import ResumeState
-from cwpo.modules.sft import (
+from cwpo.modules.causal_lm import (
     LOGPS_IMPLS,
-    as_config,
     build_causal_lm,
-    check_choice,
     eval_mode,
     hf_zero3_config,
     is_zero3_param,
-    plain_hparams,
     response_logps,
 )
-
-
-class PairLogps(NamedTuple):
-    """Summed response log-probs of a pair batch and the response token counts. Each shape (b,)."""
-
-    chosen_logps: torch.Tensor
-    rejected_logps: torch.Tensor
-    chosen_counts: torch.Tensor
-    rejected_counts: torch.Tensor
+from cwpo.modules.hparams import as_config, check_choice, plain_hparams
+from cwpo.modules.optim import OptimConfig, configure_optimizers
+from cwpo.modules.prefix import PairLogps, num_pairs, pair_logps_of_batch
+from cwpo.modules.reference import REFERENCE_MODES, cached_reference_logps, collect_by_index, tokenization_settings
+from cwpo.modules.resume import ResumeState
 
 
 def pair_logps(model: nn.Module, batch: dict[str, torch.Tensor], *, impl: str = "logits") -> PairLogps:

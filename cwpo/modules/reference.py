@@ -13,8 +13,7 @@ into the steps:
    (longest first: an out-of-memory shows at once) under ``torch.inference_mode`` with the reference (the
    policy with its adapter disabled, i.e. the SFT model), and written atomically (``cwpo.io.atomic_path``).
 3. Each step reads ``batch["ref_chosen_logps"]``/``batch["ref_rejected_logps"]`` when the collator provides
-   them (a datamodule may add them as dataset columns with :func:`attach_reference_logps` before it builds its
-   dataloaders), else looks them up in the table by ``batch["index"]`` (a device-side gather, no host sync).
+   them, else looks them up in the table by ``batch["index"]`` (a device-side gather, no host sync).
 
 The functions only rely on the batch contract (``index`` and the pair keys of docs/ARCHITECTURE.md) and on the
 dataloader's ``dataset`` and ``collate_fn``, so a datamodule can also call them itself in ``setup``.
@@ -23,15 +22,15 @@ dataloader's ``dataset`` and ``collate_fn``, so a datamodule can also call them 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
+from cwpo.data.tokenization import arrow_table, dataset_fingerprint
 from cwpo.errors import DataError
 from cwpo.io import atomic_path, stable_hash
 
@@ -52,43 +51,9 @@ _NON_TOKENISATION_HPARAMS = frozenset(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _arrow_table(dataset: Any, columns: Sequence[str]):
-    """The columns of a ``datasets.Dataset`` as a pyarrow table (row order and selections respected), or None."""
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        return None
-    inner = getattr(dataset, "dataset", None)  # cwpo.data's torch wrapper keeps the HF dataset, same row order
-    if not isinstance(dataset, datasets.Dataset) and isinstance(inner, datasets.Dataset) and len(inner) == len(dataset):
-        dataset = inner
-    if not isinstance(dataset, datasets.Dataset) or not set(columns) <= set(dataset.column_names):
-        return None
-    return dataset.select_columns(list(columns)).with_format("arrow")[:]
-
-
-def dataset_fingerprint(dataset: Any, columns: Sequence[str] = TOKEN_COLUMNS) -> str:
-    """A content hash of the token columns (or of whole rows when they are missing), row order included."""
-    digest = hashlib.sha256()
-    table = _arrow_table(dataset, columns)
-    if table is not None:
-        import numpy as np
-        import pyarrow.compute as pc
-
-        digest.update(f"rows={table.num_rows}".encode())
-        for column in columns:
-            values = table.column(column)
-            digest.update(np.asarray(pc.list_value_length(values), dtype=np.int64).tobytes())
-            digest.update(np.asarray(pc.list_flatten(values), dtype=np.int64).tobytes())
-        return digest.hexdigest()[:16]
-    for row in dataset:
-        fields = {key: row[key] for key in columns if key in row} or row
-        digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:16]
-
-
 def row_lengths(dataset: Any) -> list[int] | None:
     """``len(prompt) + max(len(chosen), len(rejected))`` per row; None when the dataset has no token columns."""
-    table = _arrow_table(dataset, TOKEN_COLUMNS)
+    table = arrow_table(dataset, TOKEN_COLUMNS)
     if table is not None:
         import pyarrow.compute as pc
 
@@ -252,7 +217,7 @@ def cached_reference_logps(
     dataset = loader.dataset
     num_rows = len(dataset)
     material = {
-        "data": dataset_fingerprint(dataset),
+        "data": dataset_fingerprint(dataset, TOKEN_COLUMNS),
         "model": model_identity,
         "init_adapter": init_adapter,
         "tokenization": tokenization or {},
@@ -291,24 +256,3 @@ def _wait_for_table(path: Path, num_rows: int) -> torch.Tensor:
     if table is None:
         raise DataError(f"{path}: rank 0 found a reference log-prob cache this rank cannot read")
     return table
-
-
-def attach_reference_logps(dataset: Any, table: torch.Tensor):
-    """Add ``ref_chosen_logps``/``ref_rejected_logps`` columns (row order = ``index``) to a ``datasets.Dataset``.
-
-    For a datamodule that wants the values in its batches (the collator passes them through) rather than have
-    the module look them up by index.
-    """
-    if table.shape[0] != len(dataset):
-        raise DataError(f"reference table has {table.shape[0]} rows, the dataset {len(dataset)}")
-    values = table.tolist()
-    for column, position in (("ref_chosen_logps", 0), ("ref_rejected_logps", 1)):
-        if column in dataset.column_names:
-            dataset = dataset.remove_columns(column)
-        dataset = dataset.add_column(column, [row[position] for row in values])
-    return dataset
-
-
-def is_finite_table(table: torch.Tensor) -> bool:
-    """True when every value is finite (a NaN reference log-prob would poison every step that reads it)."""
-    return bool(torch.isfinite(table).all())

@@ -53,8 +53,7 @@ def label_by_implicit_reward(
     from cwpo.annotation.labels import label_pairs
     from cwpo.annotation.report import write_report
     from cwpo.data.files import save_pairs
-    from cwpo.modules.export import merge_adapter
-    from cwpo.modules.sft import build_causal_lm
+    from cwpo.modules.causal_lm import build_causal_lm, merge_adapter
 
     spec, init_adapter = reference
     policy_dir = Path(policy_dir)

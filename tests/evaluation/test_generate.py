@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from cwpo.data.collate import PromptCollator
 from cwpo.errors import ConfigError, CwpoError
 from cwpo.evaluation.generate import (
     GenerationConfig,
@@ -16,7 +17,6 @@ from cwpo.evaluation.generate import (
     decode_completions,
     encode_prompts,
     generate,
-    left_pad_collate,
     prompt_seed,
     vllm_available,
 )
@@ -122,17 +122,10 @@ def test_decode_completions_cuts_at_first_eos(word_tokenizer):
     assert counts == [3, 5, 1]
 
 
-def test_left_pad_collate_builds_the_generation_batch():
-    batch = left_pad_collate([{"index": 4, "input_ids": [1, 7, 8]}, {"index": 9, "input_ids": [1]}], pad_token_id=0)
-    assert batch["input_ids"].tolist() == [[1, 7, 8], [0, 0, 1]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
-    assert batch["index"].tolist() == [4, 9]
-
-
 def test_module_accepts_a_contract_batch_directly(tiny_llama, word_tokenizer):
     """A datamodule's generation batch (input_ids, attention_mask left padded, index) works without generate()."""
     ids = encode_prompts(word_tokenizer, PROMPTS[:2])
-    batch = left_pad_collate([{"index": 10 + i, "input_ids": x} for i, x in enumerate(ids)], 0)
+    batch = PromptCollator(pad_token_id=0)([{"index": 10 + i, "prompt_ids": x} for i, x in enumerate(ids)])
     batch = {key: value.to(tiny_llama.device) for key, value in batch.items()}  # a GPU run may have moved it
     module = GenerationModule(tiny_llama, word_tokenizer, GenerationConfig(max_new_tokens=3, temperature=0.0))
     out = module.predict_step(batch, 0)

@@ -11,13 +11,8 @@ from torch.testing import assert_close
 
 from cwpo.errors import ConfigError, CwpoError
 from cwpo.models import LoraSpec, load_causal_lm
-from cwpo.modules.export import (
-    ADAPTER_WEIGHTS,
-    check_adapter_file,
-    export_merged,
-    main,
-    merge_adapter,
-)
+from cwpo.modules.causal_lm import ADAPTER_WEIGHTS, check_adapter_file, merge_adapter
+from cwpo.modules.export import export_merged, main
 from cwpo.modules.policy import PolicyModule
 from tests.tiny import TINY, tiny_spec
 
@@ -95,7 +90,7 @@ def test_merging_a_folder_without_an_adapter_is_a_config_error(tmp_path):
 
 def test_zero3_merge_path_adds_the_same_deltas_as_peft(trained):
     """The ZeRO-3 merge (gathered ``W += scale · B @ A``) run on ordinary parameters, where gathering is a no-op."""
-    from cwpo.modules.export import _merge_lora_into_partitioned
+    from cwpo.modules.causal_lm import _merge_lora_into_partitioned
 
     out, logits = trained
     merged = _merge_lora_into_partitioned(load_causal_lm(tiny_spec()), out).eval()
@@ -107,11 +102,12 @@ ZERO3_SCRIPT = r"""
 import os, sys, tempfile, torch
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 import deepspeed
+import lightning  # noqa: F401  as under a Trainer: its imports load transformers helpers before zero.Init patches torch.Tensor
 from transformers.integrations import HfDeepSpeedConfig
 from safetensors.torch import load_file
 from cwpo.models import LoraSpec, ModelSpec
-from cwpo.modules.export import adapter_state_dict, check_adapter_file, save_adapter
-from cwpo.modules.sft import build_causal_lm, gathered_params, response_logps
+from cwpo.modules.causal_lm import build_causal_lm, check_adapter_file, gathered_params, response_logps
+from cwpo.modules.export import adapter_state_dict, save_adapter
 
 deepspeed.init_distributed("gloo")
 config = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1, "zero_allow_untested_optimizer": True,

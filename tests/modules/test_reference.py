@@ -8,14 +8,15 @@ import torch
 from torch.testing import assert_close
 from torch.utils.data import DataLoader, Dataset
 
+from cwpo.data.tokenization import dataset_fingerprint
 from cwpo.errors import DataError
 from cwpo.models import LoraSpec
 from cwpo.modules.optim import OptimConfig
 from cwpo.modules.policy import PolicyModule
 from cwpo.modules.reference import (
     REFERENCE_MODES,
+    TOKEN_COLUMNS,
     collect_by_index,
-    dataset_fingerprint,
     length_sorted_loader,
     row_lengths,
 )
@@ -189,8 +190,9 @@ def test_length_sorted_loader_serves_every_row_longest_first():
     seen = [int(i) for batch in loader for i in batch["index"]]
     assert sorted(seen) == list(range(9))
     assert [lengths[i] for i in seen] == sorted(lengths, reverse=True)
-    assert dataset_fingerprint(data.dataset) == dataset_fingerprint(IndexedRows(data.dataset))
-    assert dataset_fingerprint(data.dataset) != dataset_fingerprint(TinyPairData(n=9, seed=1).dataset)
+    tokens = TOKEN_COLUMNS  # what the reference cache key hashes (a wrapper's extra ``index`` is not content)
+    assert dataset_fingerprint(data.dataset, tokens) == dataset_fingerprint(IndexedRows(data.dataset), tokens)
+    assert dataset_fingerprint(data.dataset, tokens) != dataset_fingerprint(TinyPairData(n=9, seed=1).dataset, tokens)
 
 
 def test_collect_by_index_refuses_missing_rows():
