@@ -30,6 +30,10 @@ from cwpo.precision import resolve_precision
 log = logging.getLogger(__name__)
 
 OBJECTIVE_TITLES = {"dpo": "DPO", "ipo": "IPO", "rdpo": "rDPO"}
+# The numbers of a result row a model card reports.
+CARD_METRICS = ("gra", "gra_se", "wins", "ties", "losses", "mean_gold_reward", "gold_reward_se", "gold_gain",
+                "gold_gain_se", "mean_length", "eos_rate", "heldout_gold_accuracy", "heldout_human_accuracy",
+                "annotator_val_accuracy", "weak_label_agreement")  # fmt: skip
 
 
 def _plain(value: Any) -> Any:
@@ -241,6 +245,8 @@ class Experiment:
             return {}
 
         policy = self.stages.run("ws_policy", policy_inputs, train_policy)
+        self._card(policy.path / "model", title=f"WS-DPO weak policy (seed {seed}): DPO on D_L, labels D_U by its "
+                   "implicit reward")  # fmt: skip
 
         def label(folder: Path) -> dict[str, Any]:
             from cwpo.pipeline.implicit import label_by_implicit_reward
@@ -266,7 +272,9 @@ class Experiment:
             L.seed_everything(seed, workers=True, verbose=False)
             out = folder / ("adapter" if lora is not None else "model")
             warmup = self.config.strong.warmup_steps
-            module = SFTModule(spec, lora=lora, optim=OptimConfig(lr=lr, warmup_steps=warmup), export_dir=str(out))
+            # with LoRA, the merged SFT model too: the base that a PO adapter stacked on this one names
+            module = SFTModule(spec, lora=lora, optim=OptimConfig(lr=lr, warmup_steps=warmup), export_dir=str(out),
+                               export_merged=lora is not None)  # fmt: skip
             data = self._datamodule("SFTDataModule", dataset, spec, part, seed, batch_size)
             trainer = _trainer(folder, epochs, base_inputs["trainer"])
             trainer.fit(module, data)
@@ -590,6 +598,18 @@ class Experiment:
         return [self._annotate_stages[s].path / "d_u_labelled.jsonl" for s in self.config.seeds
                 if s in self._annotate_stages]  # fmt: skip
 
+    def _card(self, folder: Path, *, row: dict[str, Any] | None = None, title: str | None = None) -> None:
+        """Rewrite an exported model's card with its method's title, training data and eval numbers (a stage
+        cached by an older cwpo, with no ``cwpo_card.json``, keeps its card)."""
+        from cwpo.modules.export import CARD_FILE, dataset_card_entry, update_card
+
+        if not (folder / CARD_FILE).is_file():
+            return
+        dataset = dataset_card_entry(self.config.data.dataset)
+        evals = {key: value for key, value in (row or {}).items() if key in CARD_METRICS and value is not None}
+        test = {**dataset, "name": f"{dataset['name']} test ({self.config.data.test_prompts or 'all'} prompts)"}
+        update_card(folder, **({"title": title} if title else {}), datasets=[dataset], eval=evals, eval_dataset=test)
+
     # -- everything -----------------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
         if self.config.torch_threads is not None:
@@ -607,6 +627,7 @@ class Experiment:
                     weak = self._annotate_stages[seed] = self.annotate(seed, annotator)
                     annotator_summary = {"annotator_val_accuracy": annotator.summary.get("val_accuracy"),
                                          "weak_label_agreement": weak.summary.get("agreement")}  # fmt: skip
+                    self._card(annotator.path / "annotator", row=annotator_summary)
                 if "ws" in sources:
                     ws = self.ws_labels(seed)
                 sft_stages, sft_generations = {}, {}
@@ -632,6 +653,8 @@ class Experiment:
                                  **self.gra(generation, sft_generations[method.labels]),
                                  **self.label_stats(method, labels), **(heldout.summary if heldout else {}),
                                  **annotator_summary})  # fmt: skip
+                    self._card(po.path / ("adapter" if adapter else "model"), row=rows[-1],
+                               title=f"{family} {objective} policy (cwpo method {method.name}, seed {seed})")  # fmt: skip
         write_json(self.run_dir / "rows.json", [{k: v for k, v in r.items() if k != "per_prompt"} for r in rows])
         return rows
 
