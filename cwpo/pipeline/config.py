@@ -191,6 +191,9 @@ class ExperimentConfig:
         precision: ``auto`` (bf16 autocast where the hardware runs bf16 fast and the model is at least 256 wide,
             else float32; resolved per model, see :mod:`cwpo.precision`), ``fp32`` or ``bf16``. A ``precision``
             in ``trainer`` overrides it.
+        logger: each training stage's own logger, named ``<stage>/<method>/seed<k>``: ``csv`` (``logs/`` in the
+            stage folder), ``tensorboard`` (``<run_dir>/tensorboard``; ``pip install 'cwpo[tensorboard]'``), ``wandb``
+            (one W&B group per run; ``pip install 'cwpo[wandb]'``; ``WANDB_MODE=offline`` logs locally) or ``none``.
         torch_threads: CPU threads for torch (``None``: torch's default). Tiny models run fastest on one thread:
             with two, each small matmul pays more in thread hand-off than it gains (measured 13x slower on a
             loaded 2-core machine).
@@ -208,6 +211,7 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
     precision: str = "auto"
+    logger: str = "csv"
     torch_threads: int | None = 1
 
     def __post_init__(self) -> None:

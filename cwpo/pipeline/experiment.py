@@ -30,6 +30,8 @@ from cwpo.precision import resolve_precision
 log = logging.getLogger(__name__)
 
 OBJECTIVE_TITLES = {"dpo": "DPO", "ipo": "IPO", "rdpo": "rDPO"}
+# ``ExperimentConfig.logger``: each training stage's logger, and the package it needs.
+LOGGERS = {"csv": None, "tensorboard": "tensorboard", "wandb": "wandb", "none": None}
 # The numbers of a result row a model card reports.
 CARD_METRICS = ("gra", "gra_se", "wins", "ties", "losses", "mean_gold_reward", "gold_reward_se", "gold_gain",
                 "gold_gain_se", "mean_length", "eos_rate", "heldout_gold_accuracy", "heldout_human_accuracy",
@@ -54,14 +56,23 @@ def _spec(value: Any, seed: int) -> ModelSpec:
     return dataclasses.replace(spec, seed=spec.seed + 1000 * seed)
 
 
-def _trainer(folder: Path, epochs: int, extra: dict[str, Any], *, validate: bool = False):
+def _trainer(folder: Path, epochs: int, extra: dict[str, Any], *, validate: bool = False, logger: Any = None):
+    """A stage's Trainer; ``logger``: its own logger (:meth:`Experiment._logger`; default a CSV log in ``folder``).
+    A ``logger`` in ``extra`` (``--trainer.logger``) may only be ``false``: one logger object shared by every stage
+    would write them all into one log; ``--logger`` picks the kind, and each stage gets its own."""
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
+    extra = dict(extra)
+    if "logger" in extra:
+        if extra.pop("logger") is not False:
+            raise ConfigError("trainer.logger would be one logger shared by every stage; choose the kind with "
+                              f"--logger ({'|'.join(LOGGERS)}), each stage gets its own, or set trainer.logger: false")  # fmt: skip
+        logger = False
     settings = {
         "max_epochs": epochs,
         "default_root_dir": str(folder),
-        "logger": CSVLogger(str(folder), name="logs", version=0),
+        "logger": CSVLogger(str(folder), name="logs", version=0) if logger is None else logger,
         "enable_checkpointing": False,
         "enable_progress_bar": False,
         "enable_model_summary": False,
@@ -115,6 +126,15 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def _finish_wandb() -> None:
+    """Close the open W&B run, if W&B is in use (each stage logs to its own run)."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
 def _metric(trainer, name: str) -> float | None:
     value = trainer.callback_metrics.get(name)
     return None if value is None else float(value)
@@ -134,6 +154,20 @@ class Experiment:
         # Trainer settings of the weak and the strong model's stages, the resolved precision included (in stage keys).
         self.weak_trainer = _stage_trainer(config, config.weak.backbone)
         self.strong_trainer = _stage_trainer(config, config.strong.backbone)
+        self._check_logger()
+
+    def _check_logger(self) -> None:
+        """Fail before the first stage, not hours into a run, on a logger that cannot be built."""
+        import importlib.util
+
+        kind = self.config.logger
+        if kind not in LOGGERS:
+            raise ConfigError(f"logger must be one of {', '.join(LOGGERS)}, got {kind!r}")
+        if LOGGERS[kind] and importlib.util.find_spec(LOGGERS[kind]) is None:
+            raise ConfigError(f"logger {kind} needs the {LOGGERS[kind]} package: pip install 'cwpo[{kind}]'")
+        for extra in (self.weak_trainer, self.strong_trainer):
+            if extra.get("logger", False) is not False:
+                _trainer(self.run_dir, 1, {"logger": extra["logger"]})  # the ConfigError that explains it
 
     # -- data -----------------------------------------------------------------------------------------------
     @property
@@ -186,7 +220,8 @@ class Experiment:
             module = AnnotatorModule(spec, optim=OptimConfig(lr=weak.lr, optimizer="adam", scheduler="constant"))
             data = self._datamodule("PairDataModule", self.config.data.dataset, spec, "d_l", seed, weak.batch_size,
                                     val_part="holdout", val_fraction=0.1)  # fmt: skip
-            trainer = _trainer(folder, weak.epochs, self.weak_trainer, validate=True)
+            trainer = _trainer(folder, weak.epochs, self.weak_trainer, validate=True,
+                               logger=self._logger(folder, "annotator", "weak", seed))  # fmt: skip
             start = time.perf_counter()
             trainer.fit(module, data)
             seconds = time.perf_counter() - start
@@ -276,7 +311,9 @@ class Experiment:
             module = SFTModule(spec, lora=lora, optim=OptimConfig(lr=lr, warmup_steps=warmup), export_dir=str(out),
                                export_merged=lora is not None)  # fmt: skip
             data = self._datamodule("SFTDataModule", dataset, spec, part, seed, batch_size)
-            trainer = _trainer(folder, epochs, base_inputs["trainer"])
+            labels = next(iter((base_inputs.get("labels") or {"weak": None}).items()))  # ws_sft: the weak model
+            source = "human_all" if labels == ("human", "train") else labels[0]
+            trainer = _trainer(folder, epochs, base_inputs["trainer"], logger=self._logger(folder, name, source, seed))
             trainer.fit(module, data)
             return {"train_loss": _metric(trainer, "train/loss")}
 
@@ -323,7 +360,8 @@ class Experiment:
             optim = OptimConfig(lr=settings["lr"], warmup_steps=strong.warmup_steps)
             module = SFTModule(spec, lora=None, optim=optim, export_dir=str(folder / "model"))
             loader = self._datamodule("SFTDataModule", str(corpus), spec, "all", spec.seed, settings["batch_size"])
-            trainer = _trainer(folder, settings["epochs"], self.strong_trainer)
+            trainer = _trainer(folder, settings["epochs"], self.strong_trainer,
+                               logger=self._logger(folder, "pretrain", "strong", "_all"))  # fmt: skip
             trainer.fit(module, loader)
             return {"train_loss": _metric(trainer, "train/loss"), "texts": settings["texts"]}
 
@@ -379,7 +417,8 @@ class Experiment:
             **self._policy_kwargs(folder, lora, method, lr=lr, beta=beta),
         )
         data = self._datamodule("PairDataModule", dataset, spec, part, seed, batch_size)
-        trainer = _trainer(folder, epochs, trainer)
+        stage, name = ("ws_policy", "weak") if method.name == "ws" else ("po", method.name)  # ws: the weak policy
+        trainer = _trainer(folder, epochs, trainer, logger=self._logger(folder, stage, name, seed))
         trainer.fit(module, data)
         return trainer
 
@@ -439,7 +478,8 @@ class Experiment:
                 **self._policy_kwargs(folder, strong.po_lora, method, lr=strong.po_lr, beta=strong.beta),
             )
             prompts = self._datamodule("PromptDataModule", data.dataset, spec, "d_u", seed, strong.online_batch_size)
-            trainer = _trainer(folder, strong.po_epochs, self.strong_trainer)
+            trainer = _trainer(folder, strong.po_epochs, self.strong_trainer,
+                               logger=self._logger(folder, "po", method.name, seed))  # fmt: skip
             trainer.fit(module, prompts)
             return {"train_loss": _metric(trainer, "train/loss"), "reward_accuracy": _metric(trainer, "rewards/accuracies"),
                     "gold_agreement_last_epoch": _metric(trainer, "online/gold_agreement_epoch"),
@@ -598,6 +638,31 @@ class Experiment:
         return [self._annotate_stages[s].path / "d_u_labelled.jsonl" for s in self.config.seeds
                 if s in self._annotate_stages]  # fmt: skip
 
+    def _logger(self, folder: Path, stage: str, method: str, seed: int | str):
+        """Stage ``stage``'s own logger, named ``<stage>/<method>/seed<k>``: a CSV log in the stage folder
+        (``logs/version_0``), a TensorBoard run under ``<run_dir>/tensorboard/``, or a W&B run (project
+        ``$WANDB_PROJECT`` or ``cwpo``, one group per run folder, files under ``<run_dir>/wandb``)."""
+        kind, name = self.config.logger, f"{stage}/{method}/seed{seed}"
+        if kind == "none":
+            return False
+        if kind == "csv":
+            from lightning.pytorch.loggers import CSVLogger
+
+            return CSVLogger(str(folder), name="logs", version=0)
+        if kind == "tensorboard":
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            return TensorBoardLogger(str(self.run_dir / "tensorboard"), name=f"{stage}/{method}", version=f"seed{seed}",
+                                     default_hp_metric=False)  # fmt: skip
+        import os
+
+        from lightning.pytorch.loggers import WandbLogger
+
+        _finish_wandb()  # WandbLogger would reuse a W&B run still open (the previous stage's)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return WandbLogger(name=name, project=os.environ.get("WANDB_PROJECT", "cwpo"), save_dir=str(self.run_dir),
+                           group=self.run_dir.resolve().name, job_type=stage)  # fmt: skip
+
     def _card(self, folder: Path, *, row: dict[str, Any] | None = None, title: str | None = None) -> None:
         """Rewrite an exported model's card with its method's title, training data and eval numbers (a stage
         cached by an older cwpo, with no ``cwpo_card.json``, keeps its card)."""
@@ -655,6 +720,7 @@ class Experiment:
                                  **annotator_summary})  # fmt: skip
                     self._card(po.path / ("adapter" if adapter else "model"), row=rows[-1],
                                title=f"{family} {objective} policy (cwpo method {method.name}, seed {seed})")  # fmt: skip
+        _finish_wandb()
         write_json(self.run_dir / "rows.json", [{k: v for k, v in r.items() if k != "per_prompt"} for r in rows])
         return rows
 
