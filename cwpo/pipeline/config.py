@@ -162,6 +162,10 @@ class EvalConfig:
         temperature: sampling temperature (0: greedy).
         top_p: nucleus mass.
         batch_size: prompts per generation batch.
+        stop_strings: texts that end a response (e.g. ``["\n\nHuman:"]``): it is cut before the first one and
+            counts as ended (EOS rate), like an EOS.
+        backend: ``hf`` (transformers ``generate``) or ``vllm`` (``pip install 'cwpo[vllm]'``; each model is saved
+            merged first, for vLLM to load).
         judge: ``{"kind": "synthetic_gold"}``, ``{"kind": "reward_model", "spec": ...}`` or
             ``{"kind": "steamshp", "spec": ...}``.
     """
@@ -170,6 +174,8 @@ class EvalConfig:
     temperature: float = 0.7
     top_p: float = 1.0
     batch_size: int = 100
+    stop_strings: list[str] = field(default_factory=list)
+    backend: str = "hf"
     judge: dict[str, Any] = field(default_factory=lambda: {"kind": "synthetic_gold"})
 
 

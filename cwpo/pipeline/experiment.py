@@ -157,9 +157,14 @@ class Experiment:
         self._check_logger()
 
     def _check_logger(self) -> None:
-        """Fail before the first stage, not hours into a run, on a logger that cannot be built."""
+        """Fail before the first stage, not hours into a run, on a logger or generation backend that cannot work."""
         import importlib.util
 
+        from cwpo.evaluation.generate import GenerationConfig, vllm_available
+
+        GenerationConfig(stop_strings=tuple(self.config.eval.stop_strings), backend=self.config.eval.backend)
+        if self.config.eval.backend == "vllm" and not vllm_available():
+            raise ConfigError("eval.backend vllm needs the optional vllm package: pip install 'cwpo[vllm]'")
         kind = self.config.logger
         if kind not in LOGGERS:
             raise ConfigError(f"logger must be one of {', '.join(LOGGERS)}, got {kind!r}")
@@ -499,7 +504,9 @@ class Experiment:
 
     def generate(self, seed: int, model_stage: StageResult, model: tuple[ModelSpec, str | None], adapter: str | None):
         ev = self.config.eval
-        inputs = {"model": model_stage.key, "seed": seed, "eval": _plain(ev) | {"judge": None},
+        # stop strings and the backend decide the text; at their defaults they stay out of the key (older caches hold)
+        settings = {k: v for k, v in _plain(ev).items() if (k, v) not in (("stop_strings", []), ("backend", "hf"))}
+        inputs = {"model": model_stage.key, "seed": seed, "eval": settings | {"judge": None},
                   "data": self._data_inputs, "test_prompts": self.config.data.test_prompts,
                   "trainer": self.strong_trainer}  # fmt: skip
 
@@ -515,9 +522,15 @@ class Experiment:
                 lm = merge_adapter(lm, adapter)
             config = GenerationConfig(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, top_p=ev.top_p,
                                       seed=seed, batch_size=ev.batch_size, progress=False,
-                                      chat_template_for_text=self.config.data.chat_template_for_text)  # fmt: skip
+                                      chat_template_for_text=self.config.data.chat_template_for_text,
+                                      stop_strings=tuple(ev.stop_strings), backend=ev.backend)  # fmt: skip
+            tokenizer = load_tokenizer(spec)
+            if ev.backend == "vllm":  # vLLM loads weights itself: the merged model, saved in the stage folder
+                lm.save_pretrained(str(folder / "merged"))
+                tokenizer.save_pretrained(str(folder / "merged"))
+                lm = str(folder / "merged")
             trainer = default_trainer(**self.strong_trainer)
-            records = generate(lm, load_tokenizer(spec), self._test_prompts(), config, trainer=trainer,
+            records = generate(lm, tokenizer, self._test_prompts(), config, trainer=trainer,
                                output_path=folder / "generations.jsonl")  # fmt: skip
             return {
                 "n": len(records),
