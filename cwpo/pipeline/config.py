@@ -200,6 +200,9 @@ class ExperimentConfig:
         logger: each training stage's own logger, named ``<stage>/<method>/seed<k>``: ``csv`` (``logs/`` in the
             stage folder), ``tensorboard`` (``<run_dir>/tensorboard``; ``pip install 'cwpo[tensorboard]'``), ``wandb``
             (one W&B group per run; ``pip install 'cwpo[wandb]'``; ``WANDB_MODE=offline`` logs locally) or ``none``.
+        verbose: show what the libraries print (Lightning's messages and tips, transformers' and datasets' bars,
+            deprecation warnings) and cwpo's progress bars inside long stages even off a terminal (on one they show
+            anyway).
         torch_threads: CPU threads for torch (``None``: torch's default). Tiny models run fastest on one thread:
             with two, each small matmul pays more in thread hand-off than it gains (measured 13x slower on a
             loaded 2-core machine).
@@ -218,6 +221,7 @@ class ExperimentConfig:
     trainer: dict[str, Any] = field(default_factory=dict)
     precision: str = "auto"
     logger: str = "csv"
+    verbose: bool = False
     torch_threads: int | None = 1
 
     def __post_init__(self) -> None:

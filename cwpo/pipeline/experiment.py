@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,8 +57,38 @@ def _spec(value: Any, seed: int) -> ModelSpec:
     return dataclasses.replace(spec, seed=spec.seed + 1000 * seed)
 
 
-def _trainer(folder: Path, epochs: int, extra: dict[str, Any], *, validate: bool = False, logger: Any = None):
-    """A stage's Trainer; ``logger``: its own logger (:meth:`Experiment._logger`; default a CSV log in ``folder``).
+def _stage_bar(name: str):
+    """A Lightning callback: a tqdm bar per training epoch on stderr (``<stage> epoch k/n``, batches/s, loss)."""
+    from lightning.pytorch import Callback
+    from tqdm.auto import tqdm
+
+    class StageBar(Callback):
+        bar = None
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            total = trainer.num_training_batches if trainer.num_training_batches != float("inf") else None
+            self.bar = tqdm(total=total, desc=f"{name} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}",
+                            unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True)  # fmt: skip
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if self.bar is not None:
+                loss = trainer.callback_metrics.get("train/loss")
+                self.bar.update(1)
+                if loss is not None:
+                    self.bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return StageBar()
+
+
+def _trainer(folder: Path, epochs: int, extra: dict[str, Any], *, validate: bool = False, logger: Any = None,
+             progress: str | None = None):  # fmt: skip
+    """A stage's Trainer; ``logger``: its own logger (:meth:`Experiment._logger`; default a CSV log in ``folder``);
+    ``progress``: the label of a progress bar on stderr (``None``: no bar).
     A ``logger`` in ``extra`` (``--trainer.logger``) may only be ``false``: one logger object shared by every stage
     would write them all into one log; ``--logger`` picks the kind, and each stage gets its own."""
     import lightning as L
@@ -69,6 +100,8 @@ def _trainer(folder: Path, epochs: int, extra: dict[str, Any], *, validate: bool
             raise ConfigError("trainer.logger would be one logger shared by every stage; choose the kind with "
                               f"--logger ({'|'.join(LOGGERS)}), each stage gets its own, or set trainer.logger: false")  # fmt: skip
         logger = False
+    if progress:  # stdout holds the results: Lightning's own bars (tqdm or rich) write there
+        extra["callbacks"] = [_stage_bar(progress), *(extra.get("callbacks") or [])]
     settings = {
         "max_epochs": epochs,
         "default_root_dir": str(folder),
@@ -99,31 +132,80 @@ def _stage_trainer(config: ExperimentConfig, backbone: Any) -> dict[str, Any]:
     return extra
 
 
+class _Once(logging.Filter):
+    """Lets each distinct log message through once (the data summary every stage that loads the data repeats)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
+
+
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Lightning announces devices and tips at every Trainer; a pipeline of dozens of them should not."""
+def _quiet(verbose: bool = False) -> Iterator[None]:
+    """Lightning announces devices and tips at every Trainer; a pipeline of dozens of them should not. Quiet:
+    Lightning below warnings, no transformers/datasets bars, no deprecation or Lightning hint warnings, DeepSpeed's
+    errors only, each log message once. ``verbose``: all of it, as the libraries print it, but still each Lightning
+    line once (its own handler prints it; it no longer also propagates to the root logger's)."""
+    import warnings
+
     import lightning.pytorch  # noqa: F401  importing lightning resets its loggers: set levels after the import
+    from lightning.fabric.utilities.warnings import PossibleUserWarning
 
     names = ("lightning.pytorch", "lightning.fabric", "lightning")
     loggers = [logging.getLogger(name) for name in names]
-    levels = [lg.level for lg in loggers]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.WARNING)
+        lg.propagate = lg.propagate and not lg.handlers
+        if not verbose:
+            lg.setLevel(logging.WARNING)
+    if verbose:
+        try:
+            yield
+        finally:
+            for lg, (level, propagate) in zip(loggers, saved, strict=True):
+                lg.setLevel(level)
+                lg.propagate = propagate
+        return
     from datasets.utils import logging as datasets_logging
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled(), datasets_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" at every stage
     datasets_logging.disable_progress_bar()
+    once, handlers = _Once(), list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(once)
+    # DeepSpeed prints "Setting accelerator to CPU" on stdout at import; its logger resets its level then, a filter
+    # on the logger object stays
+    deepspeed_logger = logging.getLogger("DeepSpeed")
+    deepspeed_logger.addFilter(_errors_only)
     try:
-        yield
+        with warnings.catch_warnings():
+            for category in (PossibleUserWarning, DeprecationWarning, FutureWarning):
+                warnings.filterwarnings("ignore", category=category)
+            yield
     finally:
+        for handler in handlers:
+            handler.removeFilter(once)
+        deepspeed_logger.removeFilter(_errors_only)
         if bars[0]:
             hf_logging.enable_progress_bar()
         if bars[1]:
             datasets_logging.enable_progress_bar()
-        for lg, level in zip(loggers, levels, strict=True):
+        for lg, (level, propagate) in zip(loggers, saved, strict=True):
             lg.setLevel(level)
+            lg.propagate = propagate
 
 
 def _finish_wandb() -> None:
@@ -155,6 +237,8 @@ class Experiment:
         self.weak_trainer = _stage_trainer(config, config.weak.backbone)
         self.strong_trainer = _stage_trainer(config, config.strong.backbone)
         self._check_logger()
+        # progress bars inside long stages (training, annotation, generation): on a terminal, or when asked for
+        self.bars = config.verbose or sys.stderr.isatty()
 
     def _check_logger(self) -> None:
         """Fail before the first stage, not hours into a run, on a logger or generation backend that cannot work."""
@@ -226,7 +310,7 @@ class Experiment:
             data = self._datamodule("PairDataModule", self.config.data.dataset, spec, "d_l", seed, weak.batch_size,
                                     val_part="holdout", val_fraction=0.1)  # fmt: skip
             trainer = _trainer(folder, weak.epochs, self.weak_trainer, validate=True,
-                               logger=self._logger(folder, "annotator", "weak", seed))  # fmt: skip
+                               **self._outputs(folder, "annotator", "weak", seed))  # fmt: skip
             start = time.perf_counter()
             trainer.fit(module, data)
             seconds = time.perf_counter() - start
@@ -255,7 +339,7 @@ class Experiment:
                 max_length=self.config.data.max_length,
                 chat_template_for_text=self.config.data.chat_template_for_text,
                 report_dir=folder,
-                progress=False,
+                progress=self.bars,
                 trainer={"precision": self.weak_trainer["precision"]},
             )
             return {"n_pairs": result.n_pairs, "agreement": result.agreement,
@@ -318,7 +402,7 @@ class Experiment:
             data = self._datamodule("SFTDataModule", dataset, spec, part, seed, batch_size)
             labels = next(iter((base_inputs.get("labels") or {"weak": None}).items()))  # ws_sft: the weak model
             source = "human_all" if labels == ("human", "train") else labels[0]
-            trainer = _trainer(folder, epochs, base_inputs["trainer"], logger=self._logger(folder, name, source, seed))
+            trainer = _trainer(folder, epochs, base_inputs["trainer"], **self._outputs(folder, name, source, seed))
             trainer.fit(module, data)
             return {"train_loss": _metric(trainer, "train/loss")}
 
@@ -366,7 +450,7 @@ class Experiment:
             module = SFTModule(spec, lora=None, optim=optim, export_dir=str(folder / "model"))
             loader = self._datamodule("SFTDataModule", str(corpus), spec, "all", spec.seed, settings["batch_size"])
             trainer = _trainer(folder, settings["epochs"], self.strong_trainer,
-                               logger=self._logger(folder, "pretrain", "strong", "_all"))  # fmt: skip
+                               **self._outputs(folder, "pretrain", "strong", "_all"))  # fmt: skip
             trainer.fit(module, loader)
             return {"train_loss": _metric(trainer, "train/loss"), "texts": settings["texts"]}
 
@@ -423,7 +507,7 @@ class Experiment:
         )
         data = self._datamodule("PairDataModule", dataset, spec, part, seed, batch_size)
         stage, name = ("ws_policy", "weak") if method.name == "ws" else ("po", method.name)  # ws: the weak policy
-        trainer = _trainer(folder, epochs, trainer, logger=self._logger(folder, stage, name, seed))
+        trainer = _trainer(folder, epochs, trainer, **self._outputs(folder, stage, name, seed))
         trainer.fit(module, data)
         return trainer
 
@@ -484,7 +568,7 @@ class Experiment:
             )
             prompts = self._datamodule("PromptDataModule", data.dataset, spec, "d_u", seed, strong.online_batch_size)
             trainer = _trainer(folder, strong.po_epochs, self.strong_trainer,
-                               logger=self._logger(folder, "po", method.name, seed))  # fmt: skip
+                               **self._outputs(folder, "po", method.name, seed))  # fmt: skip
             trainer.fit(module, prompts)
             return {"train_loss": _metric(trainer, "train/loss"), "reward_accuracy": _metric(trainer, "rewards/accuracies"),
                     "gold_agreement_last_epoch": _metric(trainer, "online/gold_agreement_epoch"),
@@ -521,7 +605,7 @@ class Experiment:
             if adapter is not None:
                 lm = merge_adapter(lm, adapter)
             config = GenerationConfig(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, top_p=ev.top_p,
-                                      seed=seed, batch_size=ev.batch_size, progress=False,
+                                      seed=seed, batch_size=ev.batch_size, progress=self.bars,
                                       chat_template_for_text=self.config.data.chat_template_for_text,
                                       stop_strings=tuple(ev.stop_strings), backend=ev.backend)  # fmt: skip
             tokenizer = load_tokenizer(spec)
@@ -651,6 +735,11 @@ class Experiment:
         return [self._annotate_stages[s].path / "d_u_labelled.jsonl" for s in self.config.seeds
                 if s in self._annotate_stages]  # fmt: skip
 
+    def _outputs(self, folder: Path, stage: str, method: str, seed: int | str) -> dict[str, Any]:
+        """A training stage's logger and progress-bar label (a bar only on a terminal or with ``verbose``)."""
+        return {"logger": self._logger(folder, stage, method, seed),
+                "progress": f"{stage}/{method}/seed{seed}" if self.bars else None}  # fmt: skip
+
     def _logger(self, folder: Path, stage: str, method: str, seed: int | str):
         """Stage ``stage``'s own logger, named ``<stage>/<method>/seed<k>``: a CSV log in the stage folder
         (``logs/version_0``), a TensorBoard run under ``<run_dir>/tensorboard/``, or a W&B run (project
@@ -694,7 +783,7 @@ class Experiment:
             torch.set_num_threads(self.config.torch_threads)
         rows = []
         sources = {m.labels for m in self.methods}
-        with _quiet():
+        with _quiet(self.config.verbose):
             self._pretrained = self.pretrain()
             for seed in self.config.seeds:
                 self._seed = seed
