@@ -29,6 +29,10 @@ def parser():
 def load_config(argv: list[str]):
     """Parse ``argv`` (YAML and overrides) into an :class:`ExperimentConfig` and the config text it resolved to."""
     p = parser()
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == "--verbose" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            argv[i] = "--verbose=true"  # a bare --verbose is the flag
     namespace = p.parse_args(argv)
     text = p.dump(namespace, skip_none=False)
     from cwpo.pipeline.config import ExperimentConfig
@@ -36,6 +40,15 @@ def load_config(argv: list[str]):
     values = p.instantiate_classes(namespace).as_dict()
     values.pop("config", None)
     return ExperimentConfig(**values), text
+
+
+def results_section(markdown: str) -> str:
+    """The report's results table (its ``## ... mean ± std over seeds`` section, without the plot), for the console:
+    the whole report, its commands and config are in the file whose path follows."""
+    lines = markdown.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("## ") and "mean ± std over seeds" in line), 0)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join(line for line in lines[start:end] if not line.startswith("![")).strip() + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         annotated = [row for path in annotate_dirs for _, row in iter_rows(path)]  # every seed's weak labels
     paths = build_report(rows, Path(config.run_dir) / "report", commands=[command], config_text=config_text,
                          annotated_records=annotated, title=config.name)  # fmt: skip
-    print((Path(paths["markdown"])).read_text() if "markdown" in paths else "")
+    print(results_section(Path(paths["markdown"]).read_text()) if "markdown" in paths else "")
     cpu = time.process_time() - cpu_start
     print(f"stages computed: {len(experiment.stages.computed)}, reused: {len(experiment.stages.reused)}; "
           f"wall time {elapsed:.0f} s, CPU time of this process {cpu:.0f} s; report: {paths.get('markdown')}")  # fmt: skip

@@ -74,7 +74,19 @@ def export_annotator(module, folder: str | os.PathLike) -> Path:
         module.model.save_pretrained(tmp, safe_serialization=True)
         module.tokenizer.save_pretrained(tmp)
         write_json(tmp / ANNOTATOR_FILE, settings)
+        _write_card(module, tmp)
     return folder
+
+
+def _write_card(module, folder: Path) -> None:
+    """The annotator's model card (``huggingface_hub.ModelCard``; eval numbers are added by ``update_card``)."""
+    from cwpo.modules.export import card_info, write_card
+
+    info = card_info(title=f"cwpo weak annotator ({module.annotator_type})", backbone=module.backbone,
+                     init_adapter=None, hparams=dict(getattr(module, "hparams", {})), library_name="transformers")  # fmt: skip
+    info |= {"pipeline_tag": "text-classification", "tags": ["reward-model", "preference"],
+             "loader": "AutoModelForSequenceClassification", "task_type": "text-classification"}  # fmt: skip
+    write_card(folder, info)
 
 
 def load_exported(folder: str | os.PathLike):

@@ -53,6 +53,7 @@ _EXPORTS = {
     "load_tldr": "cwpo.data.tldr",
     "load_shp": "cwpo.data.shp",
     "load_local": "cwpo.data.local",
+    "load_trl": "cwpo.data.trl",
     "load_synthetic": "cwpo.data.synthetic",
     # splits
     "split_labelled": "cwpo.data.splits",

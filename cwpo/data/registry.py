@@ -42,6 +42,7 @@ _LOADERS: dict[str, tuple[str, str, dict[str, Any], str | None, str | None]] = {
     "tldr": ("cwpo.data.tldr", "load_tldr", {}, "train", "validation"),
     "shp": ("cwpo.data.shp", "load_shp", {}, "train", "test"),
     "local": ("cwpo.data.local", "load_local", {}, None, None),
+    "trl": ("cwpo.data.trl", "load_trl", {}, "train", "test"),
 }
 LOADER_NAMES = (*_LOADERS, "mixture")
 
@@ -52,8 +53,8 @@ class DatasetSpec:
 
     Args:
         name: a loader (``synthetic``, ``hh-rlhf``, ``harmless-base``, ``helpful-base``, ``helpful-online``,
-            ``helpful-rejection-sampled``, ``helpful``, ``ultrafeedback``, ``tldr``, ``shp``, ``local``, or
-            ``mixture``).
+            ``helpful-rejection-sampled``, ``helpful``, ``ultrafeedback``, ``tldr``, ``shp``, ``local``, ``trl``
+            (any TRL-format preference dataset: ``args: {hub_name: ...}`` or a ``path``), or ``mixture``).
         path: local file or folder (``local``: required; hub loaders: read this instead of the hub).
         args: keyword arguments of the loader (``{"n_pairs": 3000}`` for ``synthetic``, ``{"domains":
             ["askacademia"]}`` for ``shp``, ``{"columns": {...}}`` for ``local``). A ``mixture`` takes
@@ -61,8 +62,9 @@ class DatasetSpec:
         train_split: the loader's split name used for ``train`` (default per loader: ``train``,
             ``train_prefs`` for UltraFeedback).
         test_split: the split used for ``test`` (``test``, ``test_prefs``, ``validation`` for TL;DR).
-        test_path: ``local`` only: a separate file for the test part.
-        test_fraction: ``local`` without ``test_path``: hold out this fraction (by hash) as the test part.
+        test_path: ``local`` (and ``trl`` with a single file): a separate file for the test part.
+        test_fraction: ``local`` (and ``trl`` with a single file) without ``test_path``: hold out this fraction (by
+            hash) as the test part.
         test_seed: seed of that held-out split.
     """
 
@@ -128,6 +130,11 @@ def _check_arguments(name: str, function, *args, **kwargs) -> None:
         raise ConfigError(f"bad arguments for the {name!r} loader: {err}") from None
 
 
+def _one_file(spec: DatasetSpec) -> bool:
+    """A spec read from one local file with no splits: its test part is ``test_path`` or a held-out fraction."""
+    return spec.name == "local" or (spec.name == "trl" and spec.path is not None and os.path.isfile(spec.path))
+
+
 def _load_mixture(spec: DatasetSpec, split: str):
     from cwpo.data.splits import mix_sources
 
@@ -149,12 +156,12 @@ def load_split(spec: DatasetSpec | str | dict, split: str = "train"):
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     if spec.name == "mixture":
         return _load_mixture(spec, split)
-    if spec.name == "local":
+    if _one_file(spec):
         from cwpo.data.splits import split_holdout
 
         if split == "test" and spec.test_path:
-            return _call_loader("local", None, spec.test_path, spec.args)
-        data = _call_loader("local", None, spec.path, spec.args)
+            return _call_loader(spec.name, None, spec.test_path, spec.args)
+        data = _call_loader(spec.name, None, spec.path, spec.args)
         if spec.test_path or spec.test_fraction == 0.0:
             if split == "test":
                 raise ConfigError(f"{spec.path} has no test part: set test_path or test_fraction")
@@ -171,8 +178,8 @@ def load_all(spec: DatasetSpec | str | dict):
     import datasets
 
     spec = as_dataset_spec(spec)
-    if spec.name == "local" and not spec.test_path:
-        return _call_loader("local", None, spec.path, spec.args)
+    if _one_file(spec) and not spec.test_path:
+        return _call_loader(spec.name, None, spec.path, spec.args)
     from cwpo.data.report import FilterReport
 
     train, test = load_split(spec, "train"), load_split(spec, "test")

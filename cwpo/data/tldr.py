@@ -1,9 +1,15 @@
-"""TL;DR summarisation comparisons (``openai/summarize_from_feedback``, config ``comparisons``).
+"""TL;DR summarisation comparisons: ``trl-lib/tldr-preference`` (the default) or ``openai/summarize_from_feedback``.
 
-A raw row holds ``info`` (``post``, ``title``, ``subreddit``; or ``article`` for news), two ``summaries``
-(``{"text", "policy", "note"}``) and ``choice`` (0 or 1, the summary the labeller preferred). The prompt is
-``"SUBREDDIT: r/<subreddit>\\n\\nTITLE: <title>\\n\\nPOST: <post>\\n\\nTL;DR:"`` and each summary becomes a response
-with one leading space, so ``prompt + chosen`` reads naturally. Splits: ``train`` and ``validation``.
+Both hub datasets hold OpenAI's Reddit TL;DR comparisons. ``trl-lib/tldr-preference`` (splits ``train``,
+``validation``) is in TRL's standard preference format: ``prompt`` (``"SUBREDDIT: r/<subreddit>\\n\\nTITLE:
+<title>\\n\\nPOST: <post>\\n\\nTL;DR:"``), ``chosen`` and ``rejected`` summaries as text. The original
+``openai/summarize_from_feedback`` (config ``comparisons``) is published with a loading script that ``datasets`` ≥ 4
+refuses, so it is read from its parquet revision (``refs/convert/parquet``); a raw row holds ``info`` (``post``,
+``title``, ``subreddit``; or ``article`` for news), two ``summaries`` (``{"text", "policy", "note"}``) and ``choice``
+(0 or 1, the summary the labeller preferred), and its prompt is built as above.
+
+A local file or folder may be in either schema (each row is read by what it holds). Each summary becomes a response
+with one leading space, so ``prompt + chosen`` reads naturally.
 """
 
 from __future__ import annotations
@@ -12,12 +18,15 @@ import os
 from typing import Any
 
 from cwpo.data._common import collect_pairs, field, local_or_hub_rows
-from cwpo.errors import DataError
+from cwpo.errors import ConfigError, DataError
 
-HUB_NAME = "openai/summarize_from_feedback"
+HUB_NAME = "trl-lib/tldr-preference"
+OPENAI_HUB_NAME = "openai/summarize_from_feedback"
 CONFIG = "comparisons"
+PARQUET_REVISION = "refs/convert/parquet"
 SPLITS = ("train", "validation")
-_PATTERNS = ("{split}.jsonl", "{split}.jsonl.gz", "{split}.parquet", "comparisons/{split}*", "**/{split}-*.parquet")
+_PATTERNS = ("{split}.jsonl", "{split}.jsonl.gz", "{split}.parquet", "data/{split}-*.parquet",
+             "comparisons/{split}/*.parquet", "comparisons/{split}*.*", "**/{split}-*.parquet")  # fmt: skip
 
 
 def format_prompt(info: dict[str, Any]) -> str:
@@ -38,7 +47,21 @@ def format_prompt(info: dict[str, Any]) -> str:
 
 
 def parse_pair(raw: dict[str, Any]) -> dict[str, Any] | str:
-    """One raw comparison as a record (without id), or the drop reason."""
+    """One row of either schema (see the module docstring) as a record (without id), or the drop reason."""
+    if isinstance(raw, dict) and "summaries" not in raw and "chosen" in raw:
+        return _parse_preference(raw)
+    return _parse_comparison(raw)
+
+
+def _parse_preference(raw: dict[str, Any]) -> dict[str, Any] | str:
+    """A ``trl-lib/tldr-preference`` row: ``prompt``, ``chosen`` and ``rejected`` as text."""
+    prompt = field(raw, "prompt", str)
+    chosen, rejected = field(raw, "chosen", str), field(raw, "rejected", str)
+    return {"prompt": prompt, "chosen": " " + chosen.strip(), "rejected": " " + rejected.strip()}
+
+
+def _parse_comparison(raw: dict[str, Any]) -> dict[str, Any] | str:
+    """An ``openai/summarize_from_feedback`` comparison: ``info``, two ``summaries`` and the ``choice``."""
     info = field(raw, "info", dict)
     summaries = field(raw, "summaries", list)
     choice = field(raw, "choice", int)
@@ -64,21 +87,29 @@ def load_tldr(
     split: str = "train",
     *,
     path: str | os.PathLike | None = None,
+    hub: str = HUB_NAME,
     strict: bool = False,
     limit: int | None = None,
 ):
-    """Load TL;DR comparisons from the hub (``load_dataset(HUB_NAME, "comparisons")``) or a local file.
+    """Load TL;DR comparisons from the hub or a local file.
 
     Args:
         split: ``train`` or ``validation``.
-        path: a local jsonl/parquet file in the published schema, or a folder with ``<split>.jsonl`` etc.
+        path: a local jsonl/parquet file in either schema, or a folder with ``<split>.jsonl``,
+            ``data/<split>-*.parquet`` (as ``trl-lib/tldr-preference``) or ``comparisons/<split>/*.parquet`` (as the
+            parquet revision of ``openai/summarize_from_feedback``).
+        hub: with no ``path``: ``trl-lib/tldr-preference`` or ``openai/summarize_from_feedback`` (read from its
+            parquet revision).
         strict: raise :class:`DataError` on pairs that would be dropped.
         limit: read at most this many rows.
 
     Returns:
-        Records with ``post_id``, ``human_label`` = 1 and ``source`` = ``tldr``.
+        Records with ``human_label`` = 1, ``source`` = ``tldr`` and (from the OpenAI schema) ``post_id``.
     """
-    rows, where = local_or_hub_rows(path, split, _PATTERNS, HUB_NAME, name=CONFIG)
+    if hub not in (HUB_NAME, OPENAI_HUB_NAME):
+        raise ConfigError(f"tldr hub must be {HUB_NAME!r} or {OPENAI_HUB_NAME!r}, got {hub!r}")
+    kwargs = {"name": CONFIG, "revision": PARQUET_REVISION} if hub == OPENAI_HUB_NAME else {}
+    rows, where = local_or_hub_rows(path, split, _PATTERNS, hub, **kwargs)
     return collect_pairs(
         rows,
         parse_pair,

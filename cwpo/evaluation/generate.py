@@ -13,8 +13,10 @@ defaults here (temperature 1.0, top-p 1.0, 128 new tokens, i.e. plain sampling f
 choice; set them explicitly in experiments and report them.
 
 Records: ``{"index": int, "prompt": str | messages, "response": str, "n_new_tokens": int}``, ordered by index.
-``response`` holds only the generated text: no prompt, no special tokens, nothing at or after the first EOS.
-``n_new_tokens`` counts the generated tokens up to and including that EOS (all of them when none came).
+``response`` holds only the generated text: no prompt, no special tokens, nothing at or after the first EOS or
+the first stop string (``GenerationConfig.stop_strings``). ``n_new_tokens`` counts the generated tokens up to and
+including that EOS, or the token that completed the stop string (all of them when neither came), so a response
+that ended either way has ``n_new_tokens < max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from transformers import GenerationConfig as HFGenerationConfig
 from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -69,6 +73,8 @@ class GenerationConfig:
             the ``TokenizeConfig`` the policy was trained with.
         stop_tokens: further tokens that end a response, besides the tokenizer's and the model's EOS (e.g.
             ``("<|eot_id|>",)`` when training used ``TokenizeConfig(eos_token="<|eot_id|>")``).
+        stop_strings: texts that end a response (e.g. ``("\n\nHuman:",)``): generation of a row stops once its
+            text holds one, and the response is cut before the first; it counts as ended, like an EOS.
         backend: ``"hf"`` (transformers ``generate`` in Lightning's predict loop) or ``"vllm"`` (needs the
             optional ``vllm`` package and a model path).
         progress: show a tqdm bar with tokens/s on rank 0.
@@ -83,6 +89,7 @@ class GenerationConfig:
     max_prompt_length: int | None = None
     chat_template_for_text: bool = False
     stop_tokens: tuple[str, ...] = ()
+    stop_strings: tuple[str, ...] = ()
     backend: Literal["hf", "vllm"] = "hf"
     progress: bool = True
 
@@ -99,6 +106,9 @@ class GenerationConfig:
             raise ConfigError(f"GenerationConfig.batch_size must be >= 1, got {self.batch_size}")
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             raise ConfigError(f"GenerationConfig.max_prompt_length must be >= 1 or None, got {self.max_prompt_length}")
+        self.stop_strings = tuple(self.stop_strings)
+        if any(not isinstance(text, str) or not text for text in self.stop_strings):
+            raise ConfigError(f"GenerationConfig.stop_strings must be non-empty strings, got {self.stop_strings!r}")
         if self.backend not in ("hf", "vllm"):
             raise ConfigError(f"GenerationConfig.backend must be 'hf' or 'vllm', got {self.backend!r}")
 
@@ -238,25 +248,67 @@ def hf_generation_config(config: GenerationConfig, eos_ids: Sequence[int], pad_t
     )
 
 
-def decode_completions(tokenizer, new_tokens: torch.Tensor, eos_ids: Sequence[int]) -> tuple[list[str], list[int]]:
+def _first_stop(text: str, stop_strings: Sequence[str]) -> int | None:
+    """Where the earliest stop string starts in ``text``, or None."""
+    found = [at for at in (text.find(s) for s in stop_strings) if at >= 0]
+    return min(found) if found else None
+
+
+def decode_completions(
+    tokenizer, new_tokens: torch.Tensor, eos_ids: Sequence[int], stop_strings: Sequence[str] = ()
+) -> tuple[list[str], list[int]]:
     """Responses and their token counts from generated ids (prompt already removed).
 
     Args:
         tokenizer: decodes the tokens (special tokens skipped).
         new_tokens: generated ids after the prompt. Shape (b, n).
         eos_ids: token ids that end a response.
+        stop_strings: texts that end a response (cut before the first one).
 
     Returns:
-        The text before the first EOS of each row, and the number of tokens generated up to and including it.
+        The text before the first EOS (or stop string) of each row, and the number of tokens generated up to and
+        including it (for a stop string: up to the token that completed it).
     """
     responses, counts = [], []
     eos = set(int(i) for i in eos_ids)
     for row in new_tokens.tolist():
         stop = next((pos for pos, token in enumerate(row) if token in eos), None)
         kept = row if stop is None else row[:stop]
-        responses.append(tokenizer.decode(kept, skip_special_tokens=True))
-        counts.append(len(row) if stop is None else stop + 1)
+        text = tokenizer.decode(kept, skip_special_tokens=True)
+        cut = _first_stop(text, stop_strings) if stop_strings else None
+        if cut is None:
+            responses.append(text)
+            counts.append(len(row) if stop is None else stop + 1)
+            continue
+        # the fewest tokens whose text holds a stop string (a prefix's text only grows: bisect)
+        low, high = 1, len(kept)
+        while low < high:
+            mid = (low + high) // 2
+            if _first_stop(tokenizer.decode(kept[:mid], skip_special_tokens=True), stop_strings) is None:
+                low = mid + 1
+            else:
+                high = mid
+        responses.append(text[:cut])
+        counts.append(low)
     return responses, counts
+
+
+class StopOnStrings(StoppingCriteria):
+    """Ends a row of ``generate`` once its generated text holds a stop string (other rows go on).
+
+    Args:
+        tokenizer: decodes the generated tokens (special tokens skipped), as :func:`decode_completions` does.
+        stop_strings: the texts that end a response.
+        prompt_width: the (left-padded) prompt length; tokens after it are generated.
+    """
+
+    def __init__(self, tokenizer, stop_strings: Sequence[str], prompt_width: int):
+        self.tokenizer, self.stop_strings, self.prompt_width = tokenizer, tuple(stop_strings), prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :].tolist(), skip_special_tokens=True)
+        done = [_first_stop(text, self.stop_strings) is not None for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class _PromptDataset(Dataset):
@@ -311,8 +363,15 @@ class GenerationModule(L.LightningModule):
             attention_mask=batch["attention_mask"],
             generation_config=hf_generation_config(self.config, self.eos_ids, self.tokenizer.pad_token_id),
             logits_processor=sampling_processors(self.config, seeds),
+            stopping_criteria=StoppingCriteriaList(
+                [StopOnStrings(self.tokenizer, self.config.stop_strings, prompt_width)]
+                if self.config.stop_strings
+                else []
+            ),
         )
-        responses, counts = decode_completions(self.tokenizer, sequences[:, prompt_width:], self.eos_ids)
+        responses, counts = decode_completions(
+            self.tokenizer, sequences[:, prompt_width:], self.eos_ids, self.config.stop_strings
+        )
         self._update_progress(sum(counts))
         return [
             {"index": i, "response": response, "n_new_tokens": count}
@@ -449,7 +508,7 @@ def _generate_vllm(model, tokenizer, prompts: Sequence[Prompt], config: Generati
     reproducible with itself.
     """
     if not vllm_available():
-        raise CwpoError("GenerationConfig.backend='vllm' needs the optional 'vllm' package (pip install vllm)")
+        raise CwpoError("GenerationConfig.backend='vllm' needs the optional 'vllm' package: pip install 'cwpo[vllm]'")
     if not isinstance(model, (str, os.PathLike)):
         raise ConfigError(
             "the vLLM backend loads weights itself: pass a model folder or hub name, not a model object "
@@ -473,6 +532,7 @@ def _generate_vllm(model, tokenizer, prompts: Sequence[Prompt], config: Generati
             max_tokens=config.max_new_tokens,
             seed=None if config.greedy else prompt_seed(config.seed, i),
             stop_token_ids=[tokenizer.convert_tokens_to_ids(token) for token in config.stop_tokens],
+            stop=list(config.stop_strings),  # cut before the stop string, as the HF backend does
             skip_special_tokens=True,
         )
         for i in range(len(prompts))

@@ -412,7 +412,7 @@ class PolicyModule(L.LightningModule):
             backbone=self.backbone,
             init_adapter=self.hparams.init_adapter,
             hparams=dict(self.hparams),
-            title=f"cwpo policy ({self.hparams.objective}, weighting={self.hparams.weighting})",
+            title=f"cwpo policy ({self.hparams.objective.upper()}, {self.hparams.weighting} pair weights)",
             merged=self.hparams.export_merged,
             is_global_zero=trainer.is_global_zero if trainer is not None else True,
             barrier=trainer.strategy.barrier if trainer is not None else None,

@@ -162,6 +162,10 @@ class EvalConfig:
         temperature: sampling temperature (0: greedy).
         top_p: nucleus mass.
         batch_size: prompts per generation batch.
+        stop_strings: texts that end a response (e.g. ``["\n\nHuman:"]``): it is cut before the first one and
+            counts as ended (EOS rate), like an EOS.
+        backend: ``hf`` (transformers ``generate``) or ``vllm`` (``pip install 'cwpo[vllm]'``; each model is saved
+            merged first, for vLLM to load).
         judge: ``{"kind": "synthetic_gold"}``, ``{"kind": "reward_model", "spec": ...}`` or
             ``{"kind": "steamshp", "spec": ...}``.
     """
@@ -170,6 +174,8 @@ class EvalConfig:
     temperature: float = 0.7
     top_p: float = 1.0
     batch_size: int = 100
+    stop_strings: list[str] = field(default_factory=list)
+    backend: str = "hf"
     judge: dict[str, Any] = field(default_factory=lambda: {"kind": "synthetic_gold"})
 
 
@@ -191,6 +197,12 @@ class ExperimentConfig:
         precision: ``auto`` (bf16 autocast where the hardware runs bf16 fast and the model is at least 256 wide,
             else float32; resolved per model, see :mod:`cwpo.precision`), ``fp32`` or ``bf16``. A ``precision``
             in ``trainer`` overrides it.
+        logger: each training stage's own logger, named ``<stage>/<method>/seed<k>``: ``csv`` (``logs/`` in the
+            stage folder), ``tensorboard`` (``<run_dir>/tensorboard``; ``pip install 'cwpo[tensorboard]'``), ``wandb``
+            (one W&B group per run; ``pip install 'cwpo[wandb]'``; ``WANDB_MODE=offline`` logs locally) or ``none``.
+        verbose: show what the libraries print (Lightning's messages and tips, transformers' and datasets' bars,
+            deprecation warnings) and cwpo's progress bars inside long stages even off a terminal (on one they show
+            anyway).
         torch_threads: CPU threads for torch (``None``: torch's default). Tiny models run fastest on one thread:
             with two, each small matmul pays more in thread hand-off than it gains (measured 13x slower on a
             loaded 2-core machine).
@@ -208,6 +220,8 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
     precision: str = "auto"
+    logger: str = "csv"
+    verbose: bool = False
     torch_threads: int | None = 1
 
     def __post_init__(self) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,12 @@ from cwpo.precision import resolve_precision
 log = logging.getLogger(__name__)
 
 OBJECTIVE_TITLES = {"dpo": "DPO", "ipo": "IPO", "rdpo": "rDPO"}
+# ``ExperimentConfig.logger``: each training stage's logger, and the package it needs.
+LOGGERS = {"csv": None, "tensorboard": "tensorboard", "wandb": "wandb", "none": None}
+# The numbers of a result row a model card reports.
+CARD_METRICS = ("gra", "gra_se", "wins", "ties", "losses", "mean_gold_reward", "gold_reward_se", "gold_gain",
+                "gold_gain_se", "mean_length", "eos_rate", "heldout_gold_accuracy", "heldout_human_accuracy",
+                "annotator_val_accuracy", "weak_label_agreement")  # fmt: skip
 
 
 def _plain(value: Any) -> Any:
@@ -50,14 +57,55 @@ def _spec(value: Any, seed: int) -> ModelSpec:
     return dataclasses.replace(spec, seed=spec.seed + 1000 * seed)
 
 
-def _trainer(folder: Path, epochs: int, extra: dict[str, Any], *, validate: bool = False):
+def _stage_bar(name: str):
+    """A Lightning callback: a tqdm bar per training epoch on stderr (``<stage> epoch k/n``, batches/s, loss)."""
+    from lightning.pytorch import Callback
+    from tqdm.auto import tqdm
+
+    class StageBar(Callback):
+        bar = None
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            total = trainer.num_training_batches if trainer.num_training_batches != float("inf") else None
+            self.bar = tqdm(total=total, desc=f"{name} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}",
+                            unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True)  # fmt: skip
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if self.bar is not None:
+                loss = trainer.callback_metrics.get("train/loss")
+                self.bar.update(1)
+                if loss is not None:
+                    self.bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return StageBar()
+
+
+def _trainer(folder: Path, epochs: int, extra: dict[str, Any], *, validate: bool = False, logger: Any = None,
+             progress: str | None = None):  # fmt: skip
+    """A stage's Trainer; ``logger``: its own logger (:meth:`Experiment._logger`; default a CSV log in ``folder``);
+    ``progress``: the label of a progress bar on stderr (``None``: no bar).
+    A ``logger`` in ``extra`` (``--trainer.logger``) may only be ``false``: one logger object shared by every stage
+    would write them all into one log; ``--logger`` picks the kind, and each stage gets its own."""
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
+    extra = dict(extra)
+    if "logger" in extra:
+        if extra.pop("logger") is not False:
+            raise ConfigError("trainer.logger would be one logger shared by every stage; choose the kind with "
+                              f"--logger ({'|'.join(LOGGERS)}), each stage gets its own, or set trainer.logger: false")  # fmt: skip
+        logger = False
+    if progress:  # stdout holds the results: Lightning's own bars (tqdm or rich) write there
+        extra["callbacks"] = [_stage_bar(progress), *(extra.get("callbacks") or [])]
     settings = {
         "max_epochs": epochs,
         "default_root_dir": str(folder),
-        "logger": CSVLogger(str(folder), name="logs", version=0),
+        "logger": CSVLogger(str(folder), name="logs", version=0) if logger is None else logger,
         "enable_checkpointing": False,
         "enable_progress_bar": False,
         "enable_model_summary": False,
@@ -84,31 +132,89 @@ def _stage_trainer(config: ExperimentConfig, backbone: Any) -> dict[str, Any]:
     return extra
 
 
+class _Once(logging.Filter):
+    """Lets each distinct log message through once (the data summary every stage that loads the data repeats)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
+
+
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Lightning announces devices and tips at every Trainer; a pipeline of dozens of them should not."""
+def _quiet(verbose: bool = False) -> Iterator[None]:
+    """Lightning announces devices and tips at every Trainer; a pipeline of dozens of them should not. Quiet:
+    Lightning below warnings, no transformers/datasets bars, no deprecation or Lightning hint warnings, DeepSpeed's
+    errors only, each log message once. ``verbose``: all of it, as the libraries print it, but still each Lightning
+    line once (its own handler prints it; it no longer also propagates to the root logger's)."""
+    import warnings
+
     import lightning.pytorch  # noqa: F401  importing lightning resets its loggers: set levels after the import
+    from lightning.fabric.utilities.warnings import PossibleUserWarning
 
     names = ("lightning.pytorch", "lightning.fabric", "lightning")
     loggers = [logging.getLogger(name) for name in names]
-    levels = [lg.level for lg in loggers]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.WARNING)
+        lg.propagate = lg.propagate and not lg.handlers
+        if not verbose:
+            lg.setLevel(logging.WARNING)
+    if verbose:
+        try:
+            yield
+        finally:
+            for lg, (level, propagate) in zip(loggers, saved, strict=True):
+                lg.setLevel(level)
+                lg.propagate = propagate
+        return
     from datasets.utils import logging as datasets_logging
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled(), datasets_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" at every stage
     datasets_logging.disable_progress_bar()
+    once, handlers = _Once(), list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(once)
+    # DeepSpeed prints "Setting accelerator to CPU" on stdout at import; its logger resets its level then, a filter
+    # on the logger object stays
+    deepspeed_logger = logging.getLogger("DeepSpeed")
+    deepspeed_logger.addFilter(_errors_only)
     try:
-        yield
+        with warnings.catch_warnings():
+            for category in (PossibleUserWarning, DeprecationWarning, FutureWarning):
+                warnings.filterwarnings("ignore", category=category)
+            yield
     finally:
+        for handler in handlers:
+            handler.removeFilter(once)
+        deepspeed_logger.removeFilter(_errors_only)
         if bars[0]:
             hf_logging.enable_progress_bar()
         if bars[1]:
             datasets_logging.enable_progress_bar()
-        for lg, level in zip(loggers, levels, strict=True):
+        for lg, (level, propagate) in zip(loggers, saved, strict=True):
             lg.setLevel(level)
+            lg.propagate = propagate
+
+
+def _finish_wandb() -> None:
+    """Close the open W&B run, if W&B is in use (each stage logs to its own run)."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
 
 
 def _metric(trainer, name: str) -> float | None:
@@ -130,6 +236,27 @@ class Experiment:
         # Trainer settings of the weak and the strong model's stages, the resolved precision included (in stage keys).
         self.weak_trainer = _stage_trainer(config, config.weak.backbone)
         self.strong_trainer = _stage_trainer(config, config.strong.backbone)
+        self._check_logger()
+        # progress bars inside long stages (training, annotation, generation): on a terminal, or when asked for
+        self.bars = config.verbose or sys.stderr.isatty()
+
+    def _check_logger(self) -> None:
+        """Fail before the first stage, not hours into a run, on a logger or generation backend that cannot work."""
+        import importlib.util
+
+        from cwpo.evaluation.generate import GenerationConfig, vllm_available
+
+        GenerationConfig(stop_strings=tuple(self.config.eval.stop_strings), backend=self.config.eval.backend)
+        if self.config.eval.backend == "vllm" and not vllm_available():
+            raise ConfigError("eval.backend vllm needs the optional vllm package: pip install 'cwpo[vllm]'")
+        kind = self.config.logger
+        if kind not in LOGGERS:
+            raise ConfigError(f"logger must be one of {', '.join(LOGGERS)}, got {kind!r}")
+        if LOGGERS[kind] and importlib.util.find_spec(LOGGERS[kind]) is None:
+            raise ConfigError(f"logger {kind} needs the {LOGGERS[kind]} package: pip install 'cwpo[{kind}]'")
+        for extra in (self.weak_trainer, self.strong_trainer):
+            if extra.get("logger", False) is not False:
+                _trainer(self.run_dir, 1, {"logger": extra["logger"]})  # the ConfigError that explains it
 
     # -- data -----------------------------------------------------------------------------------------------
     @property
@@ -182,7 +309,8 @@ class Experiment:
             module = AnnotatorModule(spec, optim=OptimConfig(lr=weak.lr, optimizer="adam", scheduler="constant"))
             data = self._datamodule("PairDataModule", self.config.data.dataset, spec, "d_l", seed, weak.batch_size,
                                     val_part="holdout", val_fraction=0.1)  # fmt: skip
-            trainer = _trainer(folder, weak.epochs, self.weak_trainer, validate=True)
+            trainer = _trainer(folder, weak.epochs, self.weak_trainer, validate=True,
+                               **self._outputs(folder, "annotator", "weak", seed))  # fmt: skip
             start = time.perf_counter()
             trainer.fit(module, data)
             seconds = time.perf_counter() - start
@@ -211,7 +339,7 @@ class Experiment:
                 max_length=self.config.data.max_length,
                 chat_template_for_text=self.config.data.chat_template_for_text,
                 report_dir=folder,
-                progress=False,
+                progress=self.bars,
                 trainer={"precision": self.weak_trainer["precision"]},
             )
             return {"n_pairs": result.n_pairs, "agreement": result.agreement,
@@ -241,6 +369,8 @@ class Experiment:
             return {}
 
         policy = self.stages.run("ws_policy", policy_inputs, train_policy)
+        self._card(policy.path / "model", title=f"WS-DPO weak policy (seed {seed}): DPO on D_L, labels D_U by its "
+                   "implicit reward")  # fmt: skip
 
         def label(folder: Path) -> dict[str, Any]:
             from cwpo.pipeline.implicit import label_by_implicit_reward
@@ -266,9 +396,13 @@ class Experiment:
             L.seed_everything(seed, workers=True, verbose=False)
             out = folder / ("adapter" if lora is not None else "model")
             warmup = self.config.strong.warmup_steps
-            module = SFTModule(spec, lora=lora, optim=OptimConfig(lr=lr, warmup_steps=warmup), export_dir=str(out))
+            # with LoRA, the merged SFT model too: the base that a PO adapter stacked on this one names
+            module = SFTModule(spec, lora=lora, optim=OptimConfig(lr=lr, warmup_steps=warmup), export_dir=str(out),
+                               export_merged=lora is not None)  # fmt: skip
             data = self._datamodule("SFTDataModule", dataset, spec, part, seed, batch_size)
-            trainer = _trainer(folder, epochs, base_inputs["trainer"])
+            labels = next(iter((base_inputs.get("labels") or {"weak": None}).items()))  # ws_sft: the weak model
+            source = "human_all" if labels == ("human", "train") else labels[0]
+            trainer = _trainer(folder, epochs, base_inputs["trainer"], **self._outputs(folder, name, source, seed))
             trainer.fit(module, data)
             return {"train_loss": _metric(trainer, "train/loss")}
 
@@ -315,7 +449,8 @@ class Experiment:
             optim = OptimConfig(lr=settings["lr"], warmup_steps=strong.warmup_steps)
             module = SFTModule(spec, lora=None, optim=optim, export_dir=str(folder / "model"))
             loader = self._datamodule("SFTDataModule", str(corpus), spec, "all", spec.seed, settings["batch_size"])
-            trainer = _trainer(folder, settings["epochs"], self.strong_trainer)
+            trainer = _trainer(folder, settings["epochs"], self.strong_trainer,
+                               **self._outputs(folder, "pretrain", "strong", "_all"))  # fmt: skip
             trainer.fit(module, loader)
             return {"train_loss": _metric(trainer, "train/loss"), "texts": settings["texts"]}
 
@@ -371,7 +506,8 @@ class Experiment:
             **self._policy_kwargs(folder, lora, method, lr=lr, beta=beta),
         )
         data = self._datamodule("PairDataModule", dataset, spec, part, seed, batch_size)
-        trainer = _trainer(folder, epochs, trainer)
+        stage, name = ("ws_policy", "weak") if method.name == "ws" else ("po", method.name)  # ws: the weak policy
+        trainer = _trainer(folder, epochs, trainer, **self._outputs(folder, stage, name, seed))
         trainer.fit(module, data)
         return trainer
 
@@ -431,7 +567,8 @@ class Experiment:
                 **self._policy_kwargs(folder, strong.po_lora, method, lr=strong.po_lr, beta=strong.beta),
             )
             prompts = self._datamodule("PromptDataModule", data.dataset, spec, "d_u", seed, strong.online_batch_size)
-            trainer = _trainer(folder, strong.po_epochs, self.strong_trainer)
+            trainer = _trainer(folder, strong.po_epochs, self.strong_trainer,
+                               **self._outputs(folder, "po", method.name, seed))  # fmt: skip
             trainer.fit(module, prompts)
             return {"train_loss": _metric(trainer, "train/loss"), "reward_accuracy": _metric(trainer, "rewards/accuracies"),
                     "gold_agreement_last_epoch": _metric(trainer, "online/gold_agreement_epoch"),
@@ -451,7 +588,9 @@ class Experiment:
 
     def generate(self, seed: int, model_stage: StageResult, model: tuple[ModelSpec, str | None], adapter: str | None):
         ev = self.config.eval
-        inputs = {"model": model_stage.key, "seed": seed, "eval": _plain(ev) | {"judge": None},
+        # stop strings and the backend decide the text; at their defaults they stay out of the key (older caches hold)
+        settings = {k: v for k, v in _plain(ev).items() if (k, v) not in (("stop_strings", []), ("backend", "hf"))}
+        inputs = {"model": model_stage.key, "seed": seed, "eval": settings | {"judge": None},
                   "data": self._data_inputs, "test_prompts": self.config.data.test_prompts,
                   "trainer": self.strong_trainer}  # fmt: skip
 
@@ -466,10 +605,16 @@ class Experiment:
             if adapter is not None:
                 lm = merge_adapter(lm, adapter)
             config = GenerationConfig(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, top_p=ev.top_p,
-                                      seed=seed, batch_size=ev.batch_size, progress=False,
-                                      chat_template_for_text=self.config.data.chat_template_for_text)  # fmt: skip
+                                      seed=seed, batch_size=ev.batch_size, progress=self.bars,
+                                      chat_template_for_text=self.config.data.chat_template_for_text,
+                                      stop_strings=tuple(ev.stop_strings), backend=ev.backend)  # fmt: skip
+            tokenizer = load_tokenizer(spec)
+            if ev.backend == "vllm":  # vLLM loads weights itself: the merged model, saved in the stage folder
+                lm.save_pretrained(str(folder / "merged"))
+                tokenizer.save_pretrained(str(folder / "merged"))
+                lm = str(folder / "merged")
             trainer = default_trainer(**self.strong_trainer)
-            records = generate(lm, load_tokenizer(spec), self._test_prompts(), config, trainer=trainer,
+            records = generate(lm, tokenizer, self._test_prompts(), config, trainer=trainer,
                                output_path=folder / "generations.jsonl")  # fmt: skip
             return {
                 "n": len(records),
@@ -590,13 +735,55 @@ class Experiment:
         return [self._annotate_stages[s].path / "d_u_labelled.jsonl" for s in self.config.seeds
                 if s in self._annotate_stages]  # fmt: skip
 
+    def _outputs(self, folder: Path, stage: str, method: str, seed: int | str) -> dict[str, Any]:
+        """A training stage's logger and progress-bar label (a bar only on a terminal or with ``verbose``)."""
+        return {"logger": self._logger(folder, stage, method, seed),
+                "progress": f"{stage}/{method}/seed{seed}" if self.bars else None}  # fmt: skip
+
+    def _logger(self, folder: Path, stage: str, method: str, seed: int | str):
+        """Stage ``stage``'s own logger, named ``<stage>/<method>/seed<k>``: a CSV log in the stage folder
+        (``logs/version_0``), a TensorBoard run under ``<run_dir>/tensorboard/``, or a W&B run (project
+        ``$WANDB_PROJECT`` or ``cwpo``, one group per run folder, files under ``<run_dir>/wandb``)."""
+        kind, name = self.config.logger, f"{stage}/{method}/seed{seed}"
+        if kind == "none":
+            return False
+        if kind == "csv":
+            from lightning.pytorch.loggers import CSVLogger
+
+            return CSVLogger(str(folder), name="logs", version=0)
+        if kind == "tensorboard":
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            return TensorBoardLogger(str(self.run_dir / "tensorboard"), name=f"{stage}/{method}", version=f"seed{seed}",
+                                     default_hp_metric=False)  # fmt: skip
+        import os
+
+        from lightning.pytorch.loggers import WandbLogger
+
+        _finish_wandb()  # WandbLogger would reuse a W&B run still open (the previous stage's)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return WandbLogger(name=name, project=os.environ.get("WANDB_PROJECT", "cwpo"), save_dir=str(self.run_dir),
+                           group=self.run_dir.resolve().name, job_type=stage)  # fmt: skip
+
+    def _card(self, folder: Path, *, row: dict[str, Any] | None = None, title: str | None = None) -> None:
+        """Rewrite an exported model's card with its method's title, training data and eval numbers (a stage
+        cached by an older cwpo, with no ``cwpo_card.json``, keeps its card)."""
+        from cwpo.modules.export import CARD_FILE, dataset_card_entry, update_card
+
+        if not (folder / CARD_FILE).is_file():
+            return
+        dataset = dataset_card_entry(self.config.data.dataset)
+        evals = {key: value for key, value in (row or {}).items() if key in CARD_METRICS and value is not None}
+        test = {**dataset, "name": f"{dataset['name']} test ({self.config.data.test_prompts or 'all'} prompts)"}
+        update_card(folder, **({"title": title} if title else {}), datasets=[dataset], eval=evals, eval_dataset=test)
+
     # -- everything -----------------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
         if self.config.torch_threads is not None:
             torch.set_num_threads(self.config.torch_threads)
         rows = []
         sources = {m.labels for m in self.methods}
-        with _quiet():
+        with _quiet(self.config.verbose):
             self._pretrained = self.pretrain()
             for seed in self.config.seeds:
                 self._seed = seed
@@ -607,6 +794,7 @@ class Experiment:
                     weak = self._annotate_stages[seed] = self.annotate(seed, annotator)
                     annotator_summary = {"annotator_val_accuracy": annotator.summary.get("val_accuracy"),
                                          "weak_label_agreement": weak.summary.get("agreement")}  # fmt: skip
+                    self._card(annotator.path / "annotator", row=annotator_summary)
                 if "ws" in sources:
                     ws = self.ws_labels(seed)
                 sft_stages, sft_generations = {}, {}
@@ -632,6 +820,9 @@ class Experiment:
                                  **self.gra(generation, sft_generations[method.labels]),
                                  **self.label_stats(method, labels), **(heldout.summary if heldout else {}),
                                  **annotator_summary})  # fmt: skip
+                    self._card(po.path / ("adapter" if adapter else "model"), row=rows[-1],
+                               title=f"{family} {objective} policy (cwpo method {method.name}, seed {seed})")  # fmt: skip
+        _finish_wandb()
         write_json(self.run_dir / "rows.json", [{k: v for k, v in r.items() if k != "per_prompt"} for r in rows])
         return rows
 

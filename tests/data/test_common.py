@@ -18,8 +18,10 @@ def fake_hub(monkeypatch):
     def load_dataset(path, *args, **kwargs):  # the real signature: load_dataset(path, name=None, ...)
         calls.append((path, args, kwargs))
         source = {"Anthropic/hh-rlhf": "hh-rlhf", "HuggingFaceH4/ultrafeedback_binarized": "ultrafeedback",
-                  "openai/summarize_from_feedback": "tldr", "stanfordnlp/SHP": "shp"}[path]  # fmt: skip
-        row = dict(VALID[source])
+                  "openai/summarize_from_feedback": "tldr", "stanfordnlp/SHP": "shp",
+                  "trl-lib/tldr-preference": "tldr-trl"}[path]  # fmt: skip
+        row = dict(VALID[source]) if source != "tldr-trl" else {"prompt": "POST: P\n\nTL;DR:", "chosen": " a",
+                                                                 "rejected": " b"}  # fmt: skip
         if "data_dir" in kwargs and source == "shp":  # the domains' folders hold different posts (not duplicates)
             row["history"] = f"{row['history']} ({kwargs['data_dir']})"
         return [row]
@@ -33,6 +35,7 @@ def test_hub_calls(fake_hub):
     assert len(load_hh_rlhf("hh-rlhf", "test")) == 2
     assert len(load_ultrafeedback("test_prefs")) == 1
     assert len(load_tldr("validation")) == 1
+    assert len(load_tldr("train", hub="openai/summarize_from_feedback")) == 1
     assert len(load_shp("test", domains=["askbaking", "askacademia"])) == 2  # one row from each domain's folder
     assert len(load_shp("train", domains=None)) == 1
     assert fake_hub == [
@@ -40,7 +43,13 @@ def test_hub_calls(fake_hub):
         ("Anthropic/hh-rlhf", (), {"split": "test", "data_dir": "harmless-base"}),
         ("Anthropic/hh-rlhf", (), {"split": "test", "data_dir": "helpful-base"}),
         ("HuggingFaceH4/ultrafeedback_binarized", (), {"split": "test_prefs"}),
-        ("openai/summarize_from_feedback", (), {"split": "validation", "name": "comparisons"}),
+        ("trl-lib/tldr-preference", (), {"split": "validation"}),
+        # the original is published with a loading script that datasets >= 4 refuses: its parquet revision
+        (
+            "openai/summarize_from_feedback",
+            (),
+            {"split": "train", "name": "comparisons", "revision": "refs/convert/parquet"},
+        ),  # fmt: skip
         ("stanfordnlp/SHP", (), {"data_dir": "askbaking", "split": "test"}),
         ("stanfordnlp/SHP", (), {"data_dir": "askacademia", "split": "test"}),
         ("stanfordnlp/SHP", (), {"split": "train"}),

@@ -234,3 +234,36 @@ def test_cuda_generation_is_seeded_and_reports_throughput(word_tokenizer):
     same = sum(a == b for a, b in zip(runs["sampled_b32"], runs["sampled_b8"], strict=True))
     print(f"batch 32 vs batch 8: {same}/{len(prompts)} samples identical")
     assert same >= len(prompts) - 2  # rare flips from last-bit differences between batched kernels
+
+
+def test_a_stop_string_cuts_the_response_ends_generation_and_counts_as_ended(tiny_llama, word_tokenizer):
+    """Steer every row to say 'cat dog sat mat mat ...': with the stop string 'dog sat' generation stops at 'sat'
+    (3 tokens, below the limit: ended) and the response is what came before the stop string."""
+    words = word_tokenizer.convert_tokens_to_ids(["cat", "dog", "sat", "mat"])
+    calls = {"n": 0}
+
+    def steer(module, inputs, logits):
+        calls["n"] += 1
+        bias = logits.new_zeros(logits.shape[-1])
+        bias[words[min(calls["n"], 4) - 1]] = 1e4
+        return logits + bias
+
+    handle = tiny_llama.lm_head.register_forward_hook(steer)
+    try:
+        records = _sample(tiny_llama, word_tokenizer, seed=0, batch_size=4, stop_strings=("dog sat",))
+    finally:
+        handle.remove()
+    assert _responses(records) == ["cat "] * len(PROMPTS)
+    assert [r["n_new_tokens"] for r in records] == [3] * len(PROMPTS)
+    assert calls["n"] == 3  # generation stopped there, not at max_new_tokens (8)
+
+
+def test_decode_completions_cuts_at_the_first_stop_string_before_any_eos(word_tokenizer):
+    cat, dog, mat = word_tokenizer.convert_tokens_to_ids(["cat", "dog", "mat"])
+    eos = word_tokenizer.eos_token_id
+    new_tokens = torch.tensor([[cat, dog, mat, dog, eos], [cat, cat, cat, eos, eos], [mat, dog, cat, dog, mat]])
+    responses, counts = decode_completions(word_tokenizer, new_tokens, [eos], stop_strings=("mat", "dog cat"))
+    assert responses == ["cat dog ", "cat cat cat", ""]
+    assert counts == [3, 4, 1]
+    with pytest.raises(ConfigError, match="stop_strings must be non-empty strings"):
+        GenerationConfig(stop_strings=("",))

@@ -47,7 +47,7 @@ def test_adapter_folder_holds_peft_files_with_non_empty_tensors_and_a_model_card
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["lora_alpha"] == 16 and config["inference_mode"] is True
     card = (out / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: peft") and "`objective`: `ipo`" in card
+    assert card.startswith("---\n") and "library_name: peft" in card and '`objective`: `"ipo"`' in card
 
 
 def test_exported_adapter_loads_back_with_peft_to_the_same_outputs(trained):
