@@ -151,6 +151,9 @@ class Experiment:
     """Runs an :class:`ExperimentConfig`; :meth:`run` returns one result row per (method, seed)."""
 
     def __init__(self, config: ExperimentConfig):
+        from cwpo.pipeline.config import validate
+
+        validate(unwrap(config), data=False)  # every problem of the config's values at once (run() adds the data's)
         self.config = config
         self.run_dir = Path(config.run_dir)
         self.stages = StageRunner(self.run_dir, config)
@@ -632,7 +635,10 @@ class Experiment:
 
     def run(self) -> list[dict[str, Any]]:
         if not self.stages.dry:
-            self.plan()  # the [k/N] count, the ETA and index.json; a config error surfaces before any work
+            from cwpo.pipeline.config import validate
+
+            validate(unwrap(self.config))  # every problem of the config at once, before any work
+            self.plan()  # the [k/N] count, the ETA and index.json
         if self.config.torch_threads is not None and not self.stages.dry:
             torch.set_num_threads(self.config.torch_threads)
         rows = []

@@ -116,7 +116,7 @@ def _changed(value: Any, path: str) -> list[tuple[str, Any]]:
     if isinstance(value, int):
         return [(path, value + 1)]
     if isinstance(value, float):
-        return [(path, round(value + 0.05, 6) if value < 1 else value * 1.5)]
+        return [(path, value * 1.5 if value > 1 else round(value - 0.05 if value >= 0.5 else value + 0.05, 6))]
     if isinstance(value, str):
         return [(path, value + "-changed")]
     return []
