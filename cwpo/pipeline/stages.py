@@ -300,7 +300,8 @@ class StageRunner:
         if not found:
             for up in graph[key].upstream:
                 found += [m for m in self.methods_of(up) if m not in found]
-        return found
+        order = [m for node in graph.values() for m in node.methods]  # the order the run trains them in
+        return sorted(found, key=order.index)
 
     @contextlib.contextmanager
     def planning(self) -> Iterator[None]:
@@ -350,7 +351,11 @@ class StageRunner:
         total = len(plan) or len(self._seen)
         k = len(self._seen)
         methods = self.methods_of(node.key)
-        who = ",".join(methods[:3]) + (f" +{len(methods) - 3}" if len(methods) > 3 else "") if methods else "-"
+        all_methods = {m for p in self.graph.values() for m in p.methods}
+        if len(methods) > 1 and set(methods) == all_methods:
+            who = "(all methods)"
+        else:
+            who = ",".join(methods[:3]) + (f" +{len(methods) - 3}" if len(methods) > 3 else "") if methods else "-"
         seed = "" if node.seed is None else f" seed {node.seed}"
         what = "cached" if cached else f"done in {_duration(seconds)}"
         elapsed = time.perf_counter() - self._start
