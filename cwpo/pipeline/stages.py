@@ -281,8 +281,8 @@ class StageRunner:
         return self.graph[key]
 
     def methods_of(self, key: str) -> list[str]:
-        """The methods a stage serves: its own, those of the stages downstream of it, else those of its upstream
-        (the SFT model's generations serve the methods of their SFT)."""
+        """The methods a stage serves: its own, those of the stages downstream of it, else those that every stage
+        it reads serves (the SFT model's generations: their SFT's; held-out accuracy: its PO's)."""
         graph = self.graph
         down: dict[str, list[str]] = {}
         for k, node in graph.items():
@@ -297,9 +297,9 @@ class StageRunner:
             seen.add(k)
             found += [m for m in graph[k].methods if m not in found]
             stack += down.get(k, [])
-        if not found:
-            for up in graph[key].upstream:
-                found += [m for m in self.methods_of(up) if m not in found]
+        if not found and graph[key].upstream:  # the methods every stage it reads serves (held-out: its PO's)
+            ups = [self.methods_of(up) for up in graph[key].upstream]
+            found = [m for m in ups[0] if all(m in other for other in ups[1:])]
         order = [m for node in graph.values() for m in node.methods]  # the order the run trains them in
         return sorted(found, key=order.index)
 

@@ -189,6 +189,8 @@ def test_index_maps_stage_method_and_seed_to_folders(audited):
         next(e2["folder"] for e2 in entries if e2["stage"] == "sft" and e2["method"] == "cw-dpo"))}  # fmt: skip
     assert sft_methods == {"dpo", "cw-dpo", "cw-ipo@sigmoid", "online-cw-dpo"}  # the weak-label SFT they share
     assert {e["seed"] for e in entries if e["stage"] != "pretrain"} == {0}
+    heldout = [e["method"] for e in entries if e["stage"] == "heldout"]  # one per method, not its SFT's methods
+    assert sorted(heldout) == sorted(m for m in METHODS if not m.startswith("online"))
 
 
 def test_code_fingerprint_names_the_versions_and_the_source():
