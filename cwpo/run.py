@@ -39,7 +39,13 @@ def load_config(argv: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """``cwpo run``: a user error prints its message and returns 2 (``--debug``: its traceback)."""
+    from cwpo.errors import run_command
+
+    return run_command(_main, list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     config, config_text = load_config(argv)
 
