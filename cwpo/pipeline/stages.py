@@ -79,8 +79,18 @@ def code_fingerprint() -> dict[str, str]:
     return out
 
 
+def _loader_names() -> frozenset[str]:
+    from cwpo.data.registry import LOADER_NAMES
+
+    return frozenset(LOADER_NAMES) | {"synthetic"}
+
+
+_NAMES = _loader_names()
+
+
 def local_paths(value: Any) -> list[str]:
-    """Every string inside ``value`` (nested dicts and lists) that names an existing local file or folder."""
+    """Every string inside ``value`` (nested dicts and lists) that names an existing local file or folder (a
+    dataset loader's name, such as ``synthetic``, is a name even where a folder of that name exists)."""
     found: list[str] = []
     if isinstance(value, dict):
         for item in value.values():
@@ -88,7 +98,7 @@ def local_paths(value: Any) -> list[str]:
     elif isinstance(value, list | tuple):
         for item in value:
             found += local_paths(item)
-    elif isinstance(value, str) and value and len(value) < 4096:
+    elif isinstance(value, str) and value and len(value) < 4096 and value not in _NAMES:
         with contextlib.suppress(OSError):
             if Path(value).expanduser().exists():
                 found.append(value)
@@ -316,6 +326,7 @@ class StageRunner:
             if self.recorder is not None:
                 self.recorder.end()  # the dry pass's reads are no stage's
         self._plan = dict(self.graph)
+        self._seen = set()
         for node in self._plan.values():
             node.done = (self.run_dir / node.name / node.key / MARKER).exists()
         self._start = time.perf_counter()
