@@ -49,6 +49,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def argument_error(err: Exception, command: str) -> ConfigError:
+    """A command-line parser's error (jsonargparse's, raised with ``exit_on_error=False``) as one line, instead
+    of the full usage text."""
+    message = " ".join(str(err).split())
+    return ConfigError(f"{message} ('{command} --help' lists the arguments)")
+
+
 def _describe(err: BaseException) -> str:
     if isinstance(err, OSError) and err.filename is not None and not isinstance(err, CwpoError):
         return f"{err.filename}: {err.strerror or err}"

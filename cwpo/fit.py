@@ -195,11 +195,17 @@ def build_cli(name: str, args: list[str], *, run: bool = True):
             accepted = _init_arguments(_load(entry.module))
             hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if accepted is None or k in accepted}
             if hparams:
+                from jsonargparse import ArgumentError
+
+                from cwpo.errors import ConfigError
+
                 try:
                     self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
-                except SystemExit:
-                    sys.stderr.write(f"{ckpt_path}: its hyper-parameters do not fit --model {name}\n")
-                    raise
+                except (SystemExit, ArgumentError) as err:
+                    problem = " ".join(str(err).split())
+                    raise ConfigError(
+                        f"{ckpt_path}: its hyper-parameters do not fit --model {name} ({problem})"
+                    ) from None
 
         def _instantiate_trainer(self, config, callbacks):
             # No periodic checkpoint where checkpointing is off, or where the run brings its own ModelCheckpoint.
@@ -223,6 +229,7 @@ def build_cli(name: str, args: list[str], *, run: bool = True):
             _load(entry.datamodule),
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False},  # a bad argument raises: _main prints it as one line
             args=(["fit", *args] if run else args),
             run=run,
             auto_configure_optimizers=False,
@@ -244,7 +251,14 @@ def _main(argv: list[str]) -> int:
     if name not in REGISTRY:
         print(f"error: unknown --model {name!r}; registered: {', '.join(REGISTRY)}", file=sys.stderr)
         return 2
-    build_cli(name, rest)
+    from jsonargparse import ArgumentError
+
+    from cwpo.errors import argument_error
+
+    try:
+        build_cli(name, rest)
+    except ArgumentError as err:
+        raise argument_error(err, f"cwpo fit --model {name}") from None
     return 0
 
 

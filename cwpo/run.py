@@ -20,7 +20,7 @@ def parser():
 
     from cwpo.pipeline.config import ExperimentConfig
 
-    p = ArgumentParser(prog="cwpo run", description=__doc__.split("\n\n")[0], exit_on_error=True)
+    p = ArgumentParser(prog="cwpo run", description=__doc__.split("\n\n")[0], exit_on_error=False)
     p.add_argument("--config", action=ActionConfigFile, help="experiment YAML (configs/experiments/)")
     p.add_class_arguments(ExperimentConfig, None, as_group=False)
     return p
@@ -28,8 +28,15 @@ def parser():
 
 def load_config(argv: list[str]):
     """Parse ``argv`` (YAML and overrides) into an :class:`ExperimentConfig` and the config text it resolved to."""
+    from jsonargparse import ArgumentError
+
+    from cwpo.errors import argument_error
+
     p = parser()
-    namespace = p.parse_args(argv)
+    try:
+        namespace = p.parse_args(argv)
+    except ArgumentError as err:  # a bad or unknown argument: one line, not the usage text
+        raise argument_error(err, "cwpo run") from None
     text = p.dump(namespace, skip_none=False)
     from cwpo.pipeline.config import ExperimentConfig
 

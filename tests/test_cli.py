@@ -54,6 +54,25 @@ def test_cwpo_fit_bad_values_are_one_line_and_exit_2(capsys, tmp_path, monkeypat
     assert lines[-2:] == [message, HINT]
 
 
+def test_a_bad_argument_is_one_line_not_the_usage_text(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _error(capsys, ["run", "--strong.beta", "abc"]) == [
+        "error: Parser key \"strong.beta\": Expected a <class 'float'>. Got value: abc ('cwpo run --help' lists the "
+        "arguments)", HINT]  # fmt: skip
+    assert _error(capsys, ["fit", "--model", "policy", "--config", str(POLICY), "--nope", "1"]) == [
+        "error: unrecognized arguments: --nope 1 ('cwpo fit --model policy --help' lists the arguments)",
+        HINT,
+    ]
+    import torch
+
+    ckpt = tmp_path / "other.ckpt"
+    torch.save({"hyper_parameters": {"beta": "not a number"}}, ckpt)
+    lines = _error(capsys, ["fit", "--model", "policy", "--config", str(POLICY), "--ckpt_path", str(ckpt)])
+    assert (
+        lines[-2].startswith(f"error: {ckpt}: its hyper-parameters do not fit --model policy (") and lines[-1] == HINT
+    )
+
+
 def test_cwpo_run_lists_every_bad_value_before_any_stage(capsys, tmp_path):
     run_dir = tmp_path / "run"
     lines = _error(capsys, ["run", "--run_dir", str(run_dir), "--methods", "[cw-dpo,cw-ppo]", "--strong.po_lr", "-1",
