@@ -37,3 +37,51 @@ class DataError(CwpoError, ValueError):
         if self.record_id is not None:
             where.append(f"id {self.record_id!r}")
         return f"{', '.join(where)}: {self.problem}" if where else self.problem
+
+
+# Errors a user causes with a bad argument or input: shown as one line, without a traceback (``--debug`` shows it).
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    CwpoError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+
+
+def argument_error(err: Exception, command: str) -> ConfigError:
+    """A command-line parser's error (jsonargparse's, raised with ``exit_on_error=False``) as one line, instead
+    of the full usage text."""
+    message = " ".join(str(err).split())
+    return ConfigError(f"{message} ('{command} --help' lists the arguments)")
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename is not None and not isinstance(err, CwpoError):
+        return f"{err.filename}: {err.strerror or err}"
+    return str(err)
+
+
+_debug = False
+
+
+def run_command(main, argv: list[str]) -> int:
+    """Run a command's ``main(argv)``. A user error (a :class:`CwpoError`, a missing file or folder, one that
+    cannot be read or written) prints ``error: <message>`` and a hint on stderr and returns 2; with ``--debug``
+    anywhere in ``argv`` it is raised with its traceback instead."""
+    import sys
+
+    global _debug
+    outer = _debug
+    _debug = outer or "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
+    try:
+        return int(main(argv) or 0)
+    except USER_ERRORS as err:
+        if _debug:
+            raise
+        print(f"error: {_describe(err)}", file=sys.stderr)
+        print("(run again with --debug for the traceback)", file=sys.stderr)
+        return 2
+    finally:
+        _debug = outer

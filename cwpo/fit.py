@@ -112,12 +112,11 @@ def split_model_arg(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def trainer_defaults(name: str) -> dict:
-    """CSV logs and the config saved next to the run. (The periodic ``last.ckpt`` is the ``--checkpoint.*``
-    callback, :class:`cwpo.modules.checkpoint.PeriodicCheckpoint`, added by the CLI itself.)"""
-    return {
-        "default_root_dir": f"runs/{name}",
-        "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": f"runs/{name}"}},
-    }
+    """The run's folder, ``runs/<model>`` unless ``--trainer.default_root_dir`` says otherwise: the CSV logs
+    (``<default_root_dir>/lightning_logs/version_N``, unless ``--trainer.logger`` names another logger), the
+    periodic ``last.ckpt`` beside them (the ``--checkpoint.*`` callback,
+    :class:`cwpo.modules.checkpoint.PeriodicCheckpoint`, added by the CLI itself) and the saved config."""
+    return {"default_root_dir": f"runs/{name}"}
 
 
 def check_export_dir(export_dir: str | None, trainer, ckpt_path: str | None, *, overwrite: bool = False) -> None:
@@ -187,11 +186,17 @@ def build_cli(name: str, args: list[str], *, run: bool = True):
             accepted = _init_arguments(_load(entry.module))
             hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if accepted is None or k in accepted}
             if hparams:
+                from jsonargparse import ArgumentError
+
+                from cwpo.errors import ConfigError
+
                 try:
                     self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
-                except SystemExit:
-                    sys.stderr.write(f"{ckpt_path}: its hyper-parameters do not fit --model {name}\n")
-                    raise
+                except (SystemExit, ArgumentError) as err:
+                    problem = " ".join(str(err).split())
+                    raise ConfigError(
+                        f"{ckpt_path}: its hyper-parameters do not fit --model {name} ({problem})"
+                    ) from None
 
         def _instantiate_trainer(self, config, callbacks):
             # No periodic checkpoint where checkpointing is off, or where the run brings its own ModelCheckpoint.
@@ -200,21 +205,36 @@ def build_cli(name: str, args: list[str], *, run: bool = True):
             own = [c for c in (config.get("callbacks") or []) if isinstance(c, ModelCheckpoint)]
             if config.get("enable_checkpointing") is False or own:
                 callbacks = [c for c in callbacks if not isinstance(c, PeriodicCheckpoint)]
+            if config.get("logger") in (None, True):  # the default logger: CSV, in the run's folder
+                from lightning.pytorch.loggers import CSVLogger
+
+                config = {**config, "logger": CSVLogger(save_dir=config.get("default_root_dir") or ".")}
             return super()._instantiate_trainer(config, callbacks)
 
-    return CwpoCLI(
-        _load(entry.module),
-        _load(entry.datamodule),
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=(["fit", *args] if run else args),
-        run=run,
-        auto_configure_optimizers=False,
-    )
+    import warnings
+
+    with warnings.catch_warnings():  # cwpo passes its own argv to LightningCLI on purpose
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return CwpoCLI(
+            _load(entry.module),
+            _load(entry.datamodule),
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False},  # a bad argument raises: _main prints it as one line
+            args=(["fit", *args] if run else args),
+            run=run,
+            auto_configure_optimizers=False,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """``cwpo fit``: a user error prints one line and returns 2 (``--debug``: its traceback)."""
+    from cwpo.errors import run_command
+
+    return run_command(_main, list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
     name, rest = split_model_arg(argv)
     if name is None:
         print(usage())
@@ -222,13 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     if name not in REGISTRY:
         print(f"error: unknown --model {name!r}; registered: {', '.join(REGISTRY)}", file=sys.stderr)
         return 2
-    from cwpo.errors import CwpoError
+    from jsonargparse import ArgumentError
+
+    from cwpo.errors import argument_error
 
     try:
         build_cli(name, rest)
-    except CwpoError as err:  # bad input: the one-line message, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except ArgumentError as err:
+        raise argument_error(err, f"cwpo fit --model {name}") from None
     return 0
 
 

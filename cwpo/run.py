@@ -20,7 +20,7 @@ def parser():
 
     from cwpo.pipeline.config import ExperimentConfig
 
-    p = ArgumentParser(prog="cwpo run", description=__doc__.split("\n\n")[0], exit_on_error=True)
+    p = ArgumentParser(prog="cwpo run", description=__doc__.split("\n\n")[0], exit_on_error=False)
     p.add_argument("--config", action=ActionConfigFile, help="experiment YAML (configs/experiments/)")
     p.add_class_arguments(ExperimentConfig, None, as_group=False)
     return p
@@ -28,12 +28,19 @@ def parser():
 
 def load_config(argv: list[str]):
     """Parse ``argv`` (YAML and overrides) into an :class:`ExperimentConfig` and the config text it resolved to."""
+    from jsonargparse import ArgumentError
+
+    from cwpo.errors import argument_error
+
     p = parser()
     argv = list(argv)
     for i, arg in enumerate(argv):
         if arg == "--verbose" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
             argv[i] = "--verbose=true"  # a bare --verbose is the flag
-    namespace = p.parse_args(argv)
+    try:
+        namespace = p.parse_args(argv)
+    except ArgumentError as err:  # a bad or unknown argument: one line, not the usage text
+        raise argument_error(err, "cwpo run") from None
     text = p.dump(namespace, skip_none=False)
     from cwpo.pipeline.config import ExperimentConfig
 
@@ -52,7 +59,13 @@ def results_section(markdown: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """``cwpo run``: a user error prints its message and returns 2 (``--debug``: its traceback)."""
+    from cwpo.errors import run_command
+
+    return run_command(_main, list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     config, config_text = load_config(argv)
 

@@ -46,10 +46,13 @@ def test_fast_dev_run_never_overwrites_an_export_and_a_new_run_refuses_to(tmp_pa
     assert weights.read_bytes() == exported
 
     assert fit.main(["--model", "sft", *_sft(tmp_path, "--trainer.max_steps", "2")]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"error: {tmp_path / 'adapter'} holds an earlier run's export; give another --model.export_dir, or pass "
-        "--overwrite_export true to replace it"
-    )
+    assert capsys.readouterr().err.strip().splitlines()[-2:] == [
+        (
+            f"error: {tmp_path / 'adapter'} holds an earlier run's export; give another --model.export_dir, or pass "
+            "--overwrite_export true to replace it"
+        ),
+        "(run again with --debug for the traceback)",
+    ]
     assert weights.read_bytes() == exported
     fit.build_cli("sft", _sft(tmp_path, "--trainer.max_steps", "3", "--overwrite_export", "true"))
     assert weights.read_bytes() != exported  # asked for: replaced by the new run's adapter

@@ -6,7 +6,9 @@ CW-rDPO / top-30 %, five seeds, 500 test prompts; PO settings chosen on the Huma
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cwpo.errors import ConfigError
@@ -53,10 +55,6 @@ class DataConfig:
     max_length: int = 64
     test_prompts: int | None = 500
     chat_template_for_text: bool = False
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.split_ratio < 1.0:
-            raise ConfigError(f"data.split_ratio must be in (0, 1), got {self.split_ratio}")
 
 
 @dataclass
@@ -224,12 +222,195 @@ class ExperimentConfig:
     verbose: bool = False
     torch_threads: int | None = 1
 
-    def __post_init__(self) -> None:
-        if not self.seeds:
-            raise ConfigError("seeds must name at least one seed")
-        if not self.methods:
-            raise ConfigError("methods must name at least one method")
-        for name in self.methods:
-            parse_method(name)  # ConfigError naming the valid forms
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+# -- validation: every problem of a config, found before the first stage runs -----------------------------------
+UNK_LIMIT = 0.05
+"""The largest share of ``<unk>`` tokens a tokenizer may give the data (a word-level synthetic tokenizer on real
+text gives about 63 %)."""
+SAMPLE_PAIRS = 200
+
+
+def config_problems(config: ExperimentConfig) -> list[str]:
+    """Every problem of ``config`` a look at its values finds (no data loaded, no model built): ``field: problem``."""
+    problems: list[str] = []
+
+    def need(ok: bool, name: str, text: str) -> None:
+        if not ok:
+            problems.append(f"{name}: {text}")
+
+    need(bool(config.seeds), "seeds", "name at least one seed")
+    need(bool(config.methods), "methods", "name at least one method")
+    for name in config.methods:
+        try:
+            parse_method(name)
+        except ConfigError as err:
+            problems.append(f"methods: {err}")
+    need(
+        config.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}, got {config.precision!r}"
+    )
+    data, weak, strong, ev = config.data, config.weak, config.strong, config.eval
+    need(0.0 < data.split_ratio < 1.0, "data.split_ratio", f"must be in (0, 1), got {data.split_ratio}")
+    need(data.max_length >= 8, "data.max_length", f"must be at least 8 tokens, got {data.max_length}")
+    need(data.test_prompts is None or data.test_prompts >= 1, "data.test_prompts", f"must be >= 1 or null, got "
+         f"{data.test_prompts}")  # fmt: skip
+    rates = [("weak.lr", weak.lr), ("weak.ws_lr", weak.ws_lr), ("strong.sft_lr", strong.sft_lr),
+             ("strong.po_lr", strong.po_lr)]  # fmt: skip
+    epochs = [("weak.epochs", weak.epochs), ("weak.ws_dpo_epochs", weak.ws_dpo_epochs),
+              ("strong.sft_epochs", strong.sft_epochs), ("strong.po_epochs", strong.po_epochs)]  # fmt: skip
+    sizes = [("weak.batch_size", weak.batch_size), ("strong.batch_size", strong.batch_size),
+             ("strong.online_batch_size", strong.online_batch_size), ("eval.batch_size", ev.batch_size),
+             ("eval.max_new_tokens", ev.max_new_tokens), ("strong.online_max_new_tokens", strong.online_max_new_tokens)]  # fmt: skip
+    if strong.pretrain is not None:
+        rates.append(("strong.pretrain.lr", strong.pretrain.lr))
+        epochs.append(("strong.pretrain.epochs", strong.pretrain.epochs))
+        sizes += [("strong.pretrain.batch_size", strong.pretrain.batch_size), ("strong.pretrain.texts",
+                  strong.pretrain.texts)]  # fmt: skip
+    for name, value in rates:
+        need(value > 0, name, f"a learning rate must be > 0, got {value}")
+    for name, value in epochs:
+        need(value >= 1, name, f"must be >= 1 epoch, got {value}")
+    need(weak.ws_sft_epochs >= 0, "weak.ws_sft_epochs", f"must be >= 0 (0: no SFT), got {weak.ws_sft_epochs}")
+    for name, value in sizes:
+        need(value >= 1, name, f"must be >= 1, got {value}")
+    need(strong.beta > 0, "strong.beta", f"DPO's beta must be > 0, got {strong.beta}")
+    need(weak.ws_beta > 0, "weak.ws_beta", f"DPO's beta must be > 0, got {weak.ws_beta}")
+    need(strong.tau > 0, "strong.tau", f"IPO's tau must be > 0, got {strong.tau}")
+    need(0.0 <= strong.epsilon < 0.5, "strong.epsilon", f"rDPO's flip rate must be in [0, 0.5), got "
+         f"{strong.epsilon} (at 0.5 its loss divides by 0)")  # fmt: skip
+    need(strong.warmup_steps >= 0, "strong.warmup_steps", f"must be >= 0, got {strong.warmup_steps}")
+    need(ev.temperature >= 0, "eval.temperature", f"must be >= 0 (0: greedy), got {ev.temperature}")
+    need(0.0 < ev.top_p <= 1.0, "eval.top_p", f"must be in (0, 1], got {ev.top_p}")
+    need(strong.online_temperature > 0, "strong.online_temperature", f"must be > 0, got {strong.online_temperature}")
+    from cwpo.losses.confidence import CONFIDENCE_SCHEMES
+    from cwpo.modules.reference import REFERENCE_MODES
+
+    need(weak.confidence in CONFIDENCE_SCHEMES, "weak.confidence", f"must be one of {sorted(CONFIDENCE_SCHEMES)}, "
+         f"got {weak.confidence!r}")  # fmt: skip
+    need(strong.reference in REFERENCE_MODES, "strong.reference", f"must be one of {list(REFERENCE_MODES)}, got "
+         f"{strong.reference!r}")  # fmt: skip
+    judge = ev.judge if isinstance(ev.judge, dict) else {}
+    kinds = ("synthetic_gold", "reward_model", "steamshp")
+    need(judge.get("kind") in kinds, "eval.judge", f"kind must be one of {list(kinds)}, got {judge.get('kind')!r}")
+    if judge.get("kind") in ("reward_model", "steamshp"):
+        need(judge.get("spec") is not None, "eval.judge", f"kind {judge['kind']!r} needs a model spec")
+    problems += _source_problems(config)
+    return problems
+
+
+def _source_problems(config: ExperimentConfig) -> list[str]:
+    """The dataset and the models: specs that build, local files and folders that exist, a test part."""
+    from cwpo.data.registry import as_dataset_spec
+    from cwpo.models import as_model_spec, check_model_source
+
+    problems = []
+    try:
+        spec = as_dataset_spec(config.data.dataset)
+    except (ConfigError, TypeError) as err:
+        problems.append(f"data.dataset: {err}")
+    else:
+        for name, path in (("path", spec.path), ("test_path", spec.test_path)):
+            if path and not Path(path).expanduser().exists():
+                problems.append(f"data.dataset: {name} {path} does not exist")
+        if spec.name == "local" and not spec.test_path and spec.test_fraction == 0.0:
+            problems.append(f"data.dataset: {spec.path} has no test part (generation and judging need one); set "
+                            "test_path (a test file) or test_fraction (e.g. 0.1)")  # fmt: skip
+        if config.strong.pretrain is not None and spec.name != "synthetic":
+            try:
+                from_scratch = as_model_spec(config.strong.backbone).from_scratch
+            except (ConfigError, TypeError):
+                from_scratch = False
+            if from_scratch:
+                problems.append(f"strong.pretrain: needs the synthetic dataset (its generator writes the unlabelled "
+                                f"text), got {spec.name!r}; set strong.pretrain: null")  # fmt: skip
+    specs = [("weak.backbone", config.weak.backbone), ("strong.backbone", config.strong.backbone)]
+    if isinstance(config.eval.judge, dict) and config.eval.judge.get("spec") is not None:
+        specs.append(("eval.judge.spec", config.eval.judge["spec"]))
+    for name, value in specs:
+        try:
+            model = as_model_spec(value)
+            for source in {model.name_or_path, model.tokenizer or model.name_or_path}:
+                if source == "synthetic":
+                    continue
+                if source.startswith("package:"):
+                    from cwpo.models import packaged_model_path
+
+                    packaged_model_path(source.removeprefix("package:"))
+                else:
+                    check_model_source(source)
+        except (ConfigError, TypeError) as err:
+            problems.append(f"{name}: {err}")
+    return problems
+
+
+def _text(value: Any) -> str:
+    """A prompt or response as plain text (chat messages joined)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "\n".join(str(m.get("content", "")) if isinstance(m, dict) else str(m) for m in value)
+    return str(value)
+
+
+def unk_rate(tokenizer, texts: list[str]) -> float:
+    """The share of ``texts``' tokens that ``tokenizer`` maps to its unknown token (0 for byte-level tokenizers)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return 0.0
+    total = unknown = 0
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        total += len(ids)
+        unknown += sum(1 for i in ids if i == unk)
+    return unknown / max(total, 1)
+
+
+def data_problems(config: ExperimentConfig) -> list[str]:
+    """What a sample of the data tells: the tokenizers (and the synthetic gold judge's vocabulary) read it."""
+    from cwpo.data import load_part
+    from cwpo.errors import CwpoError
+    from cwpo.models import as_model_spec, load_tokenizer
+
+    data_log = logging.getLogger("cwpo.data")  # the stage that reads the data reports its counts; not this look
+    level = data_log.level
+    data_log.setLevel(logging.WARNING)
+    try:
+        sample = load_part(config.data.dataset, "train")
+    except CwpoError as err:
+        return [f"data.dataset: {err}"]
+    finally:
+        data_log.setLevel(level)
+    rows = sample.select(range(min(SAMPLE_PAIRS, len(sample))))
+    texts = [_text(r["prompt"]) + " " + _text(r["chosen"]) for r in rows]
+    problems = []
+    readers = [("weak.backbone", config.weak.backbone), ("strong.backbone", config.strong.backbone)]
+    if isinstance(config.eval.judge, dict) and config.eval.judge.get("kind") == "synthetic_gold":
+        readers.append(("eval.judge", {"name_or_path": "synthetic", "from_scratch": True,
+                                       "config": {"model_type": "llama"}}))  # fmt: skip
+    seen: dict[str, float] = {}
+    for name, value in readers:
+        spec = as_model_spec(value)
+        source = spec.tokenizer or spec.name_or_path
+        if source not in seen:
+            seen[source] = unk_rate(load_tokenizer(spec), texts)
+        rate = seen[source]
+        if rate > UNK_LIMIT:
+            share = f"{100 * rate:.0f} % of the tokens of {len(texts)} sample pairs of data.dataset"
+            limit = f"(limit {100 * UNK_LIMIT:.0f} %)"
+            if name == "eval.judge":
+                problems.append(f"{name}: the synthetic gold judge knows only the synthetic task's words, and {share} "
+                                f"are unknown to it {limit}; use a reward_model judge")  # fmt: skip
+            else:
+                problems.append(f"{name}: its tokenizer ({source}) maps {share} to <unk> {limit}; use a model whose "
+                                "tokenizer reads this data")  # fmt: skip
+    return problems
+
+
+def validate(config: ExperimentConfig, *, data: bool = True) -> None:
+    """Raise one :class:`ConfigError` listing every problem of ``config`` (each naming its field), before any stage
+    runs: values out of range, unknown names, missing files and folders, a dataset without a test part and, with
+    ``data``, a tokenizer or the synthetic judge that cannot read a sample of the data."""
+    problems = config_problems(config)
+    if data and not problems:
+        problems = data_problems(config)
+    if problems:
+        lines = "\n".join(f"  {p}" for p in problems)
+        raise ConfigError(f"the experiment config has {len(problems)} problem(s):\n{lines}")

@@ -1,8 +1,10 @@
 """Every stage of a CW-PO experiment, cached: annotator → annotate → SFT → PO → generate → judge, per seed.
 
-Stage inputs are the config values that decide a stage's result plus the keys of the stages it reads, so a
-rerun reuses every finished stage, an interrupted run resumes at the stage it stopped in, and changing one
-method's settings reruns only that method's stages (see :mod:`cwpo.pipeline.stages`).
+A stage's key is the config fields it reads (each stage declares them: the ``*_READS`` tuples below, audited by
+``tests/pipeline/test_stage_keys.py``), the keys of the stages it reads, the content of the local files those
+fields name, and the code (see :mod:`cwpo.pipeline.stages`). So a rerun reuses every finished stage, an
+interrupted run resumes at the stage it stopped in, and changing one setting reruns exactly the stages that read
+it and those downstream of them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from cwpo.models import ModelSpec, as_model_spec, hidden_size
 from cwpo.modules.optim import OptimConfig
 from cwpo.pipeline.config import ExperimentConfig
 from cwpo.pipeline.methods import MethodSpec, parse_method
-from cwpo.pipeline.stages import StageResult, StageRunner
+from cwpo.pipeline.stages import StageResult, StageRunner, unwrap
 from cwpo.precision import resolve_precision
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,36 @@ LOGGERS = {"csv": None, "tensorboard": "tensorboard", "wandb": "wandb", "none": 
 CARD_METRICS = ("gra", "gra_se", "wins", "ties", "losses", "mean_gold_reward", "gold_reward_se", "gold_gain",
                 "gold_gain_se", "mean_length", "eos_rate", "heldout_gold_accuracy", "heldout_human_accuracy",
                 "annotator_val_accuracy", "weak_label_agreement")  # fmt: skip
+
+# The config fields each stage reads (dotted paths of ExperimentConfig); a stage's key holds their values. The
+# Trainer settings (trainer, precision and, for precision=auto, the backbone's width) and the datamodules' own
+# fields are read by every training stage.
+_WEAK_TRAINER = ("trainer", "precision", "weak.backbone")
+_STRONG_TRAINER = ("trainer", "precision", "strong.backbone")
+_DATAMODULE = ("data.dataset", "data.max_length", "data.chat_template_for_text")
+_SPLIT = ("data.split_ratio",)  # read by the stages that train on or label D_L / D_U
+ANNOTATOR_READS = (*_WEAK_TRAINER, *_DATAMODULE, *_SPLIT, "weak.epochs", "weak.batch_size", "weak.lr")
+ANNOTATE_READS = (*_WEAK_TRAINER, *_DATAMODULE, *_SPLIT, "weak.confidence")
+WS_SFT_READS = (*_WEAK_TRAINER, *_DATAMODULE, *_SPLIT, "weak.ws_sft_epochs", "weak.ws_lr", "weak.batch_size",
+                "strong.warmup_steps")  # fmt: skip
+_POLICY = ("strong.reference", "strong.tau", "strong.epsilon", "strong.warmup_steps")  # PolicyModule's shared args
+WS_POLICY_READS = (*_WEAK_TRAINER, *_DATAMODULE, *_SPLIT, *_POLICY, "weak.ws_dpo_epochs", "weak.ws_lr",
+                   "weak.ws_beta", "weak.batch_size")  # fmt: skip
+WS_ANNOTATE_READS = ("weak.backbone", *_DATAMODULE, *_SPLIT, "weak.ws_beta", "weak.confidence")
+PRETRAIN_READS = (*_STRONG_TRAINER, *_DATAMODULE, "strong.pretrain", "strong.warmup_steps")
+SFT_READS = (*_STRONG_TRAINER, *_DATAMODULE, "strong.sft_lora", "strong.sft_epochs", "strong.sft_lr",
+             "strong.batch_size", "strong.warmup_steps")  # fmt: skip
+PO_READS = (*_STRONG_TRAINER, *_DATAMODULE, *_POLICY, "strong.po_lora", "strong.po_epochs", "strong.po_lr",
+            "strong.beta")  # fmt: skip
+ONLINE_PO_READS = (*PO_READS, "strong.online_max_new_tokens", "strong.online_temperature",
+                   "strong.online_batch_size", "eval.judge")  # fmt: skip
+GENERATE_READS = (*_STRONG_TRAINER, "data.dataset", "data.test_prompts", "data.chat_template_for_text",
+                  "eval.max_new_tokens", "eval.temperature", "eval.top_p", "eval.batch_size", "eval.stop_strings",
+                  "eval.backend")  # fmt: skip
+HELDOUT_READS = ("strong.backbone", *_DATAMODULE)
+# Fields no stage reads: they decide which stages run (seeds, methods; the method and the seed are in the stages'
+# inputs), where they go (run_dir), the report's title (name) and speed (torch_threads).
+ORCHESTRATION_FIELDS = ("name", "run_dir", "seeds", "methods", "torch_threads", "logger", "verbose")
 
 
 def _plain(value: Any) -> Any:
@@ -226,19 +258,40 @@ class Experiment:
     """Runs an :class:`ExperimentConfig`; :meth:`run` returns one result row per (method, seed)."""
 
     def __init__(self, config: ExperimentConfig):
+        from cwpo.pipeline.config import validate
+
+        validate(unwrap(config), data=False)  # every problem of the config's values at once (run() adds the data's)
         self.config = config
         self.run_dir = Path(config.run_dir)
-        self.stages = StageRunner(self.run_dir)
+        self.stages = StageRunner(self.run_dir, config)
         self.methods = [parse_method(name) for name in config.methods]
         self._annotator_stages: dict[int, StageResult] = {}
         self._pretrained: StageResult | None = None
         self._annotate_stages: dict[int, StageResult] = {}
-        # Trainer settings of the weak and the strong model's stages, the resolved precision included (in stage keys).
-        self.weak_trainer = _stage_trainer(config, config.weak.backbone)
-        self.strong_trainer = _stage_trainer(config, config.strong.backbone)
+        self._trainers: dict[str, dict[str, Any]] = {}
         self._check_logger()
         # progress bars inside long stages (training, annotation, generation): on a terminal, or when asked for
         self.bars = config.verbose or sys.stderr.isatty()
+
+
+    # Trainer settings of the weak and the strong model's stages, the resolved precision included, read from the
+    # config at each use (so the stage that uses them is seen reading trainer, precision and the backbone).
+    @property
+    def weak_trainer(self) -> dict[str, Any]:
+        return self._stage_trainer(self.config.weak.backbone)
+
+    @property
+    def strong_trainer(self) -> dict[str, Any]:
+        return self._stage_trainer(self.config.strong.backbone)
+
+    def _stage_trainer(self, backbone: Any) -> dict[str, Any]:
+        from cwpo.io import stable_hash
+
+        config = self.config
+        memo = stable_hash([_plain(config.trainer), config.precision, _plain(backbone)])
+        if memo not in self._trainers:
+            self._trainers[memo] = _stage_trainer(unwrap(config), backbone)
+        return dict(self._trainers[memo])
 
     def _check_logger(self) -> None:
         """Fail before the first stage, not hours into a run, on a logger or generation backend that cannot work."""
@@ -259,11 +312,6 @@ class Experiment:
                 _trainer(self.run_dir, 1, {"logger": extra["logger"]})  # the ConfigError that explains it
 
     # -- data -----------------------------------------------------------------------------------------------
-    @property
-    def _data_inputs(self) -> dict[str, Any]:
-        data = self.config.data
-        return {"dataset": _plain(data.dataset), "split_ratio": data.split_ratio, "max_length": data.max_length}
-
     def _datamodule(self, cls_name: str, dataset: Any, tokenizer: Any, part: str, seed: int, batch_size: int, **kw):
         from cwpo.data import datamodules
 
@@ -272,7 +320,7 @@ class Experiment:
             dataset=dataset,
             tokenizer=tokenizer,
             part=part,
-            split_ratio=data.split_ratio,
+            **({"split_ratio": data.split_ratio} if part in ("d_l", "d_u") else {}),  # only these parts are split
             split_seed=seed,
             max_length=data.max_length,
             chat_template_for_text=data.chat_template_for_text,
@@ -295,8 +343,7 @@ class Experiment:
     # -- stage 1 and 2: the weak annotator ------------------------------------------------------------------
     def annotator(self, seed: int) -> StageResult:
         weak = self.config.weak
-        inputs = {**self._data_inputs, "seed": seed, "backbone": _plain(weak.backbone), "epochs": weak.epochs,
-                  "batch_size": weak.batch_size, "lr": weak.lr, "trainer": self.weak_trainer}  # fmt: skip
+        inputs = {"seed": seed}
 
         def fit(folder: Path) -> dict[str, Any]:
             import lightning as L
@@ -317,12 +364,11 @@ class Experiment:
             export_annotator(module, folder / "annotator")
             return {"val_accuracy": _metric(trainer, "val/accuracy"), "seconds_per_epoch": seconds / weak.epochs}
 
-        return self.stages.run("annotator", inputs, fit)
+        return self.stages.run("annotator", inputs, fit, reads=ANNOTATOR_READS)
 
     def annotate(self, seed: int, annotator: StageResult) -> StageResult:
         weak = self.config.weak
-        inputs = {**self._data_inputs, "seed": seed, "annotator": annotator.key, "confidence": weak.confidence,
-                  "precision": self.weak_trainer["precision"]}  # fmt: skip
+        inputs = {"seed": seed, "annotator": annotator.key}
 
         def label(folder: Path) -> dict[str, Any]:
             from cwpo.annotation.annotate import annotate_dataset
@@ -346,20 +392,15 @@ class Experiment:
                     "pairs_per_second": result.pairs_per_second}  # fmt: skip
 
         # A kill mid-stage keeps the scores done so far: annotate resumes from its parts (their manifest is checked).
-        return self.stages.run("annotate", inputs, label, keep=("d_u_labelled.jsonl.parts",))
+        return self.stages.run("annotate", inputs, label, keep=("d_u_labelled.jsonl.parts",), reads=ANNOTATE_READS)
 
     # -- WS-DPO: the weak model as a DPO policy, labelling by its implicit reward ---------------------------
     def ws_labels(self, seed: int) -> StageResult:
         weak = self.config.weak
-        base = {
-            **self._data_inputs,
-            "seed": seed,
-            "backbone": _plain(weak.backbone),
-            "trainer": self.weak_trainer,
-        }
-        sft = self._sft_stage("ws_sft", base, _spec(weak.backbone, seed), None, self.config.data.dataset, "d_l", seed,
-                              weak.ws_sft_epochs, weak.ws_lr, weak.batch_size)  # fmt: skip
-        policy_inputs = {**base, "sft": sft.key, "epochs": weak.ws_dpo_epochs, "lr": weak.ws_lr, "beta": weak.ws_beta}
+        sft = self._sft_stage("ws_sft", {"seed": seed}, WS_SFT_READS, self.weak_trainer, _spec(weak.backbone, seed),
+                              None, self.config.data.dataset, "d_l", seed, weak.ws_sft_epochs, weak.ws_lr,
+                              weak.batch_size)  # fmt: skip
+        policy_inputs = {"seed": seed, "sft": sft.key}
 
         def train_policy(folder: Path) -> dict[str, Any]:
             self._fit_policy(folder, self._sft_model(sft, weak.backbone, seed), None, MethodSpec("ws", "human"),
@@ -368,9 +409,10 @@ class Experiment:
                              trainer=self.weak_trainer)  # fmt: skip
             return {}
 
-        policy = self.stages.run("ws_policy", policy_inputs, train_policy)
-        self._card(policy.path / "model", title=f"WS-DPO weak policy (seed {seed}): DPO on D_L, labels D_U by its "
-                   "implicit reward")  # fmt: skip
+        policy = self.stages.run("ws_policy", policy_inputs, train_policy, reads=WS_POLICY_READS)
+        with self.stages.outside():  # the card: read by no stage
+            self._card(policy.path / "model", title=f"WS-DPO weak policy (seed {seed}): DPO on D_L, labels D_U by "
+                       "its implicit reward")  # fmt: skip
 
         def label(folder: Path) -> dict[str, Any]:
             from cwpo.pipeline.implicit import label_by_implicit_reward
@@ -381,12 +423,11 @@ class Experiment:
             return label_by_implicit_reward(reference, policy.path / "model", d_u, folder, beta=weak.ws_beta,
                                             confidence=weak.confidence)  # fmt: skip
 
-        return self.stages.run("ws_annotate", {**policy_inputs, "policy": policy.key, "confidence": weak.confidence},
-                               label)  # fmt: skip
+        return self.stages.run("ws_annotate", {**policy_inputs, "policy": policy.key}, label, reads=WS_ANNOTATE_READS)
 
     # -- stage 3: the strong model --------------------------------------------------------------------------
-    def _sft_stage(self, name, base_inputs, spec, lora, dataset, part, seed, epochs, lr, batch_size) -> StageResult:
-        inputs = {**base_inputs, "lora": _plain(lora), "epochs": epochs, "lr": lr, "batch_size": batch_size}
+    def _sft_stage(self, name, inputs, reads, trainer_settings, spec, lora, dataset, part, seed, epochs, lr,
+                   batch_size) -> StageResult:  # fmt: skip
 
         def fit(folder: Path) -> dict[str, Any]:
             import lightning as L
@@ -400,13 +441,13 @@ class Experiment:
             module = SFTModule(spec, lora=lora, optim=OptimConfig(lr=lr, warmup_steps=warmup), export_dir=str(out),
                                export_merged=lora is not None)  # fmt: skip
             data = self._datamodule("SFTDataModule", dataset, spec, part, seed, batch_size)
-            labels = next(iter((base_inputs.get("labels") or {"weak": None}).items()))  # ws_sft: the weak model
+            labels = next(iter((inputs.get("labels") or {"weak": None}).items()))  # ws_sft: the weak model
             source = "human_all" if labels == ("human", "train") else labels[0]
-            trainer = _trainer(folder, epochs, base_inputs["trainer"], **self._outputs(folder, name, source, seed))
+            trainer = _trainer(folder, epochs, trainer_settings, **self._outputs(folder, name, source, seed))
             trainer.fit(module, data)
             return {"train_loss": _metric(trainer, "train/loss")}
 
-        return self.stages.run(name, inputs, fit)
+        return self.stages.run(name, inputs, fit, reads=reads)
 
     def _sft_model(self, sft: StageResult, backbone: Any, seed: int) -> tuple[ModelSpec, str | None]:
         """``(spec, init_adapter)`` of an SFT stage's model: a saved full model, or base + SFT adapter."""
@@ -432,8 +473,7 @@ class Experiment:
             )
         data_seed = int((dataset.get("args") or {}).get("seed", 0)) if isinstance(dataset, dict) else 0
         settings = _plain(strong.pretrain)
-        inputs = {"backbone": _plain(strong.backbone), "pretrain": settings, "data_seed": data_seed,
-                  "max_length": data.max_length, "trainer": self.strong_trainer}  # fmt: skip
+        inputs = {"data_seed": data_seed}
 
         def fit(folder: Path) -> dict[str, Any]:
             import lightning as L
@@ -454,7 +494,7 @@ class Experiment:
             trainer.fit(module, loader)
             return {"train_loss": _metric(trainer, "train/loss"), "texts": settings["texts"]}
 
-        return self.stages.run("pretrain", inputs, fit)
+        return self.stages.run("pretrain", inputs, fit, reads=PRETRAIN_READS)
 
     def _strong_start(self, seed: int) -> ModelSpec:
         """The strong model SFT starts from: the pretrained model when there is a pretraining stage."""
@@ -465,11 +505,11 @@ class Experiment:
     def sft(self, seed: int, source: str, labels) -> StageResult:
         strong = self.config.strong
         dataset, part, label_key = labels
-        base = {**self._data_inputs, "seed": seed, "backbone": _plain(strong.backbone), "labels": label_key,
-                "trainer": self.strong_trainer,
-                "pretrain": None if self._pretrained is None else self._pretrained.key}  # fmt: skip
-        return self._sft_stage("sft", base, self._strong_start(seed), strong.sft_lora, dataset, part, seed,
-                               strong.sft_epochs, strong.sft_lr, strong.batch_size)  # fmt: skip
+        inputs = {"seed": seed, "labels": label_key,
+                  "pretrain": None if self._pretrained is None else self._pretrained.key}  # fmt: skip
+        reads = SFT_READS + (_SPLIT if part in ("d_l", "d_u") else ())
+        return self._sft_stage("sft", inputs, reads, self.strong_trainer, self._strong_start(seed), strong.sft_lora,
+                               dataset, part, seed, strong.sft_epochs, strong.sft_lr, strong.batch_size)  # fmt: skip
 
     def _policy_kwargs(self, folder: Path, lora, method: MethodSpec, *, lr: float, beta: float) -> dict[str, Any]:
         """The arguments PolicyModule and OnlinePolicyModule share: objective, weighting, reference, optimiser, export."""
@@ -514,10 +554,7 @@ class Experiment:
     def po(self, seed: int, method: MethodSpec, sft: StageResult, labels) -> StageResult:
         strong = self.config.strong
         dataset, part, label_key = labels
-        inputs = {**self._data_inputs, "seed": seed, "sft": sft.key, "labels": label_key,
-                  "method": _plain(method) | {"name": None}, "lora": _plain(strong.po_lora), "epochs": strong.po_epochs,
-                  "lr": strong.po_lr, "beta": strong.beta, "tau": strong.tau, "epsilon": strong.epsilon,
-                  "reference": strong.reference, "batch_size": strong.batch_size, "trainer": self.strong_trainer}  # fmt: skip
+        inputs = {"seed": seed, "sft": sft.key, "labels": label_key, "method": _plain(method) | {"name": None}}
         if method.online:
             return self._online_po(seed, method, sft, inputs)
 
@@ -534,7 +571,10 @@ class Experiment:
                 "reward_accuracy": _metric(trainer, "rewards/accuracies"),
             }
 
-        return self.stages.run("po", inputs, fit)
+        reads = PO_READS + ("strong.batch_size",) + (_SPLIT if part in ("d_l", "d_u") else ())
+        if method.weighting == "confidence":
+            reads += ("weak.confidence",)  # a scheme other than the annotation's re-weights the labels
+        return self.stages.run("po", inputs, fit, reads=reads, method=method.name)
 
     def _online_po(self, seed: int, method: MethodSpec, sft: StageResult, inputs: dict[str, Any]) -> StageResult:
         """Online CW-DPO (appendix J.5): the SFT policy samples pairs for D_U's prompts, the annotator labels them."""
@@ -542,9 +582,7 @@ class Experiment:
         annotator = self._annotator_stages[seed]
         judge = self.config.eval.judge
         monitor = dict(judge) if judge.get("kind") == "synthetic_gold" else None  # cheap enough to run every step
-        inputs = {**inputs, "annotator": annotator.key, "batch_size": strong.online_batch_size,
-                  "online": {"max_new_tokens": strong.online_max_new_tokens, "temperature": strong.online_temperature,
-                             "monitor": monitor}}  # fmt: skip
+        inputs = {**inputs, "annotator": annotator.key}
 
         def fit(folder: Path) -> dict[str, Any]:
             import lightning as L
@@ -575,7 +613,8 @@ class Experiment:
                     "identical_last_epoch": _metric(trainer, "online/identical_epoch"),
                     "response_tokens_last_epoch": _metric(trainer, "online/response_tokens_epoch")}  # fmt: skip
 
-        return self.stages.run("po", inputs, fit)
+        reads = ONLINE_PO_READS + _SPLIT  # D_U's prompts
+        return self.stages.run("po", inputs, fit, reads=reads, method=method.name)
 
     # -- evaluation -----------------------------------------------------------------------------------------
     def _test_prompts(self) -> list[Any]:
@@ -588,11 +627,7 @@ class Experiment:
 
     def generate(self, seed: int, model_stage: StageResult, model: tuple[ModelSpec, str | None], adapter: str | None):
         ev = self.config.eval
-        # stop strings and the backend decide the text; at their defaults they stay out of the key (older caches hold)
-        settings = {k: v for k, v in _plain(ev).items() if (k, v) not in (("stop_strings", []), ("backend", "hf"))}
-        inputs = {"model": model_stage.key, "seed": seed, "eval": settings | {"judge": None},
-                  "data": self._data_inputs, "test_prompts": self.config.data.test_prompts,
-                  "trainer": self.strong_trainer}  # fmt: skip
+        inputs = {"model": model_stage.key, "seed": seed}
 
         def run(folder: Path) -> dict[str, Any]:
             from cwpo.evaluation.generate import GenerationConfig, default_trainer, generate
@@ -621,7 +656,7 @@ class Experiment:
                 "mean_new_tokens": sum(r["n_new_tokens"] for r in records) / max(len(records), 1),
             }
 
-        return self.stages.run("generate", inputs, run)
+        return self.stages.run("generate", inputs, run, reads=GENERATE_READS)
 
     def _judge(self):
         if not hasattr(self, "_judge_cache"):
@@ -670,7 +705,7 @@ class Experiment:
     def heldout(self, seed: int, po: StageResult, sft: StageResult, model, adapter: str | None) -> StageResult:
         """Held-out preference accuracy against gold: on the test pairs, does the policy's implicit reward
         ``log π(y|x) − log π_SFT(y|x)`` order the two responses as the gold reward does? (Ties count as wrong.)"""
-        inputs = {"po": po.key, "sft": sft.key, "seed": seed, "data": self._data_inputs}
+        inputs = {"po": po.key, "sft": sft.key, "seed": seed}
 
         def run(folder: Path) -> dict[str, Any]:
             from cwpo.modules.export import merge_adapter
@@ -698,7 +733,7 @@ class Experiment:
             return {"heldout_gold_accuracy": 100.0 * float(correct.double().mean()),
                     "heldout_human_accuracy": 100.0 * float(human.double().mean()), "heldout_pairs": int(h.shape[0])}  # fmt: skip
 
-        return self.stages.run("heldout", inputs, run)
+        return self.stages.run("heldout", inputs, run, reads=HELDOUT_READS)
 
     def label_stats(self, method: MethodSpec, labels) -> dict[str, Any]:
         """How the pairs a method trains on agree with the gold order and with the human labels, each pair counted
@@ -778,8 +813,21 @@ class Experiment:
         update_card(folder, **({"title": title} if title else {}), datasets=[dataset], eval=evals, eval_dataset=test)
 
     # -- everything -----------------------------------------------------------------------------------------
+    def plan(self) -> list[dict[str, Any]]:
+        """Every stage :meth:`run` will run, with its key and whether it is done, computed without running any
+        (a dry pass of :meth:`run`); ``index.json`` is written from it."""
+        with self.stages.planning():
+            self.run()
+        return [{"stage": n.name, "key": k, "seed": n.seed, "methods": self.stages.methods_of(k), "done": n.done}
+                for k, n in self.stages.graph.items()]  # fmt: skip
+
     def run(self) -> list[dict[str, Any]]:
-        if self.config.torch_threads is not None:
+        if not self.stages.dry:
+            from cwpo.pipeline.config import validate
+
+            validate(unwrap(self.config))  # every problem of the config at once, before any work
+            self.plan()  # the [k/N] count, the ETA and index.json
+        if self.config.torch_threads is not None and not self.stages.dry:
             torch.set_num_threads(self.config.torch_threads)
         rows = []
         sources = {m.labels for m in self.methods}
@@ -794,7 +842,8 @@ class Experiment:
                     weak = self._annotate_stages[seed] = self.annotate(seed, annotator)
                     annotator_summary = {"annotator_val_accuracy": annotator.summary.get("val_accuracy"),
                                          "weak_label_agreement": weak.summary.get("agreement")}  # fmt: skip
-                    self._card(annotator.path / "annotator", row=annotator_summary)
+                    with self.stages.outside():  # the card: read by no stage
+                        self._card(annotator.path / "annotator", row=annotator_summary)
                 if "ws" in sources:
                     ws = self.ws_labels(seed)
                 sft_stages, sft_generations = {}, {}
@@ -815,14 +864,19 @@ class Experiment:
                         model = (ModelSpec(str(po.path / "model")), None)
                     generation = self.generate(seed, po, model, adapter)
                     heldout = self.heldout(seed, po, sft, model, adapter) if not method.online else None
+                    if self.stages.dry:
+                        continue
                     family, objective = method_family(method)
-                    rows.append({"method": method.name, "family": family, "objective": objective, "seed": seed,
-                                 **self.gra(generation, sft_generations[method.labels]),
-                                 **self.label_stats(method, labels), **(heldout.summary if heldout else {}),
-                                 **annotator_summary})  # fmt: skip
-                    self._card(po.path / ("adapter" if adapter else "model"), row=rows[-1],
-                               title=f"{family} {objective} policy (cwpo method {method.name}, seed {seed})")  # fmt: skip
+                    with self.stages.outside():  # the report's rows and the model cards: read by no stage
+                        rows.append({"method": method.name, "family": family, "objective": objective, "seed": seed,
+                                     **self.gra(generation, sft_generations[method.labels]),
+                                     **self.label_stats(method, labels), **(heldout.summary if heldout else {}),
+                                     **annotator_summary})  # fmt: skip
+                        self._card(po.path / ("adapter" if adapter else "model"), row=rows[-1],
+                                   title=f"{family} {objective} policy (cwpo method {method.name}, seed {seed})")  # fmt: skip
         _finish_wandb()
+        if self.stages.dry:
+            return rows
         write_json(self.run_dir / "rows.json", [{k: v for k, v in r.items() if k != "per_prompt"} for r in rows])
         return rows
 

@@ -39,6 +39,8 @@ def test_crash_after_sft_resumes_there_and_one_changed_method_reruns_alone(tmp_p
     real_po = Experiment.po
 
     def crash(self, *args, **kwargs):
+        if self.stages.dry:  # the planning pass runs no stage
+            return real_po(self, *args, **kwargs)
         raise RuntimeError("killed during PO")
 
     monkeypatch.setattr(Experiment, "po", crash)

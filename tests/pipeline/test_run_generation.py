@@ -23,18 +23,9 @@ def test_eval_stop_strings_cut_the_pipeline_generations(tmp_path):
         records = [json.loads(line) for line in path.read_text().splitlines()]
         assert len(records) == 12 and not any(" " in r["response"] for r in records)
         inputs = json.loads((path.parent / "inputs.json").read_text())
-        assert inputs["eval"]["stop_strings"] == [" "]
+        assert inputs["config"]["eval.stop_strings"] == [" "]  # in the generate stage key
     # a cut answer ended: the EOS rate counts it (a 6-token limit, answers of one word and a space)
     assert rows[0]["eos_rate"] > 0.5 and rows[0]["sft_eos_rate"] > 0.5
-
-
-def test_default_generation_settings_stay_out_of_the_stage_key(tmp_path):
-    """Caches written before stop strings and backends existed still hold: the defaults add nothing to the key."""
-    experiment = Experiment(micro_config(tmp_path, ["human"]))
-    seen = {}
-    experiment.stages.run = lambda name, inputs, fn, **kw: seen.setdefault(name, inputs)
-    experiment.generate(0, type("Stage", (), {"key": "k"})(), (None, None), None)
-    assert "stop_strings" not in seen["generate"]["eval"] and "backend" not in seen["generate"]["eval"]
 
 
 def test_vllm_backend_without_vllm_is_refused_before_any_stage(tmp_path):

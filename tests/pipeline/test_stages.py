@@ -72,3 +72,29 @@ def test_interrupted_stage_keeps_only_the_work_it_resumes_from(tmp_path):
 
     result = runner.run("annotate", {"x": 1}, resumes, keep=("out.jsonl.parts",))
     assert seen == [["inputs.json", "out.jsonl.parts"]] and result.summary == {"parts": "done\n"}
+
+
+def test_a_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
+    from cwpo.pipeline import stages
+
+    calls: list[str] = []
+    real = stages.file_hash
+    monkeypatch.setattr(stages, "file_hash", lambda path: calls.append(str(path)) or real(path))
+    data = tmp_path / "big.jsonl"
+    data.write_text('{"a": 1}\n')
+    runner = StageRunner(tmp_path / "run")
+    first = runner.key("sft", {"data": str(data)})
+    assert StageRunner(tmp_path / "run").key("sft", {"data": str(data)}) == first  # from file_hashes.json
+    assert len(calls) == 1
+    data.write_text('{"a": 2}\n')  # same size, new content
+    assert runner.key("sft", {"data": str(data)}) != first and len(calls) == 2
+
+
+def test_the_key_holds_the_code(tmp_path, monkeypatch):
+    from cwpo.pipeline import stages
+
+    runner = StageRunner(tmp_path)
+    before = runner.key("po", {"beta": 0.1})
+    edited = {**stages.code_fingerprint(), "source": "edited"}
+    monkeypatch.setattr(stages, "code_fingerprint", lambda: edited)
+    assert runner.key("po", {"beta": 0.1}) != before
