@@ -292,8 +292,10 @@ def render_card(info: dict[str, Any]):
 def write_card(folder: str | Path, info: dict[str, Any]) -> None:
     """Write ``info`` (``cwpo_card.json``) and the model card it renders (``README.md``) into ``folder``."""
     folder = Path(folder)
-    (folder / CARD_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
-    render_card(info).save(str(folder / MODEL_CARD))
+    with atomic_path(folder / CARD_FILE) as tmp:
+        tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
+    with atomic_path(folder / MODEL_CARD) as tmp:
+        render_card(info).save(str(tmp))
 
 
 def update_card(folder: str | Path, **changes: Any) -> None:

@@ -610,8 +610,11 @@ class Experiment:
                                       stop_strings=tuple(ev.stop_strings), backend=ev.backend)  # fmt: skip
             tokenizer = load_tokenizer(spec)
             if ev.backend == "vllm":  # vLLM loads weights itself: the merged model, saved in the stage folder
-                lm.save_pretrained(str(folder / "merged"))
-                tokenizer.save_pretrained(str(folder / "merged"))
+                from cwpo.io import atomic_path
+
+                with atomic_path(folder / "merged", is_dir=True) as tmp:
+                    lm.save_pretrained(str(tmp))
+                    tokenizer.save_pretrained(str(tmp))
                 lm = str(folder / "merged")
             trainer = default_trainer(**self.strong_trainer)
             records = generate(lm, tokenizer, self._test_prompts(), config, trainer=trainer,
