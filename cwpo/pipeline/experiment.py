@@ -398,7 +398,7 @@ class Experiment:
             warmup = self.config.strong.warmup_steps
             # with LoRA, the merged SFT model too: the base that a PO adapter stacked on this one names
             module = SFTModule(spec, lora=lora, optim=OptimConfig(lr=lr, warmup_steps=warmup), export_dir=str(out),
-                               export_merged=lora is not None)  # fmt: skip
+                               export_merged=lora is not None and self.config.strong.merge_sft)  # fmt: skip
             data = self._datamodule("SFTDataModule", dataset, spec, part, seed, batch_size)
             labels = next(iter((base_inputs.get("labels") or {"weak": None}).items()))  # ws_sft: the weak model
             source = "human_all" if labels == ("human", "train") else labels[0]
