@@ -9,10 +9,15 @@ rebuild the base without being told). It loads in one line from any working fold
     model = AutoPeftModelForCausalLM.from_pretrained("runs/default/po/<key>/adapter")
 
 ``adapter_config.json`` names its base (``base_model_name_or_path``) by a hub id or an absolute path, never a
-relative one. A base that ``from_pretrained`` cannot load by name is saved next to the adapter as ``base/`` (a
-``from_scratch`` or GGUF backbone), and so is a stacked base: an adapter trained on top of an init adapter (LoRA
-SFT, then LoRA PO) names the init adapter's merged model (``<init_adapter>/merged`` when SFT exported one, else
-``base/`` here, base + init adapter merged), so it never loads on the bare base by mistake.
+relative one. A base that ``from_pretrained`` cannot load by name (a ``from_scratch`` or GGUF backbone) is saved
+next to the adapter as ``base/`` (not for a ZeRO-3-partitioned or a > 1B-parameter random model: nothing to share).
+An adapter trained on top of an init adapter (LoRA SFT, then LoRA PO) names the init adapter's merged model,
+``<init_adapter>/merged``, so it never loads on the bare base by mistake. SFT writes that folder with
+``export_merged=True`` (``cwpo run`` does, unless ``strong.merge_sft: false``); without it the load takes two steps,
+and fails loudly (no such folder) until the first is done::
+
+    cwpo export merge <init_adapter> <init_adapter>/merged     # once: the SFT model, merged
+    AutoPeftModelForCausalLM.from_pretrained(adapter_folder)   # then as above
 
 Under DeepSpeed ZeRO-3 every rank holds only a shard of each parameter; saving ``state_dict()`` there writes
 empty tensors (a known failure of naive PEFT saving). :func:`adapter_state_dict` gathers the LoRA parameters
@@ -36,6 +41,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -58,6 +64,7 @@ from cwpo.modules.causal_lm import (
 
 BACKBONE_FILE = "cwpo_backbone.json"
 MODEL_CARD = "README.md"
+log = logging.getLogger(__name__)
 CARD_FILE = "cwpo_card.json"
 BASE_DIR = "base"
 MERGED_DIR = "merged"
@@ -221,8 +228,10 @@ def render_card(info: dict[str, Any]):
 def write_card(folder: str | Path, info: dict[str, Any]) -> None:
     """Write ``info`` (``cwpo_card.json``) and the model card it renders (``README.md``) into ``folder``."""
     folder = Path(folder)
-    (folder / CARD_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
-    render_card(info).save(str(folder / MODEL_CARD))
+    with atomic_path(folder / CARD_FILE) as tmp:
+        tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
+    with atomic_path(folder / MODEL_CARD) as tmp:
+        render_card(info).save(str(tmp))
 
 
 def update_card(folder: str | Path, **changes: Any) -> None:
@@ -253,15 +262,24 @@ def dataset_card_entry(spec: Any) -> dict[str, Any]:
     return {"id": hub_id, "name": f"{spec.name}: {name}" if spec.path else name}
 
 
-def stacked_base(init_adapter: str) -> str | None:
-    """The merged model of an init adapter (``<init_adapter>/merged``, written when its SFT exported merged
-    weights), as an absolute path, or ``None``."""
+def stacked_base(init_adapter: str) -> str:
+    """Where an adapter stacked on ``init_adapter`` finds its base: ``<init_adapter>/merged`` (absolute), written
+    when its SFT exported merged weights, else by ``cwpo export merge`` (see the module docstring)."""
     merged = Path(init_adapter) / MERGED_DIR
-    return _absolute(str(merged)) if (merged / "config.json").is_file() else None
+    if not (merged / "config.json").is_file():
+        log.warning("%s has no merged model yet: adapters stacked on it load with AutoPeftModelForCausalLM after "
+                    "`cwpo export merge %s %s`", init_adapter, init_adapter, merged)  # fmt: skip
+    return _absolute(str(merged))
+
+
+def _worth_saving(model: nn.Module) -> bool:
+    """Whether a random-init base is saved next to its adapter: not when ZeRO-3 partitions it (its seed does not
+    reproduce it) nor past a billion parameters (benchmark shapes: a random model is not worth the disk)."""
+    return not is_zero3_model(model) and sum(p.numel() for p in model.parameters()) <= 1_000_000_000
 
 
 def _write_base(backbone: ModelSpec, init_adapter: str | None, folder: Path) -> None:
-    """The adapter's base, rebuilt on the CPU (init adapter merged), as a ``save_pretrained`` folder."""
+    """The adapter's base, rebuilt on the CPU (an init adapter merged), as a ``save_pretrained`` folder."""
     from cwpo.models import load_causal_lm
 
     base = load_causal_lm(backbone)
@@ -301,10 +319,10 @@ def save_adapter(
     if card is None:
         card = card_info(title="cwpo adapter", backbone=backbone, init_adapter=init_adapter, hparams={})
     with atomic_path(out, is_dir=True) as tmp:
-        if reference is None:
-            _write_base(backbone, init_adapter, tmp / BASE_DIR)
+        if reference is None and _worth_saving(model):
+            _write_base(backbone, None, tmp / BASE_DIR)
             reference = _absolute(str(out / BASE_DIR))
-        config.base_model_name_or_path = reference
+        config.base_model_name_or_path = reference or backbone.name_or_path  # None: no loadable base anywhere
         save_file(state, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         config.save_pretrained(str(tmp))
         write_card(tmp, {**card, "base_model_path": reference})

@@ -114,6 +114,10 @@ class StrongConfig:
             (:class:`PretrainConfig`); ``None``: none (a pretrained backbone needs none; other data has no
             generator of unlabelled text).
         sft_lora: LoRA for SFT; ``None`` for full fine-tuning (a model trained from scratch needs it).
+        merge_sft: with ``sft_lora``, also save the SFT model merged (``<sft>/adapter/merged``): the base the PO
+            adapters name, so ``AutoPeftModelForCausalLM`` loads them in one step. ``false`` saves the disk (a 13B
+            model: 26 GB per SFT stage) and leaves a two-step load (``cwpo export merge <sft>/adapter
+            <sft>/adapter/merged`` first).
         po_lora: LoRA for preference optimisation (paper: r 8, α 16, dropout 0.05); ``None``: full fine-tuning
             (the embedded default: the sweep on the Human method, ``benchmarks/sweep_human.py``, found LoRA r 8
             on the tiny model either barely moving it or collapsing it).
@@ -135,6 +139,7 @@ class StrongConfig:
     backbone: Any = field(default_factory=_strong_backbone)
     pretrain: PretrainConfig | None = field(default_factory=PretrainConfig)
     sft_lora: LoraSpec | None = None
+    merge_sft: bool = True
     po_lora: LoraSpec | None = None
     sft_epochs: int = 4
     sft_lr: float = 3e-3

@@ -9,13 +9,11 @@ it and those downstream of them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,8 @@ from cwpo.io import write_json
 from cwpo.models import ModelSpec, as_model_spec, hidden_size
 from cwpo.modules.optim import OptimConfig
 from cwpo.pipeline.config import ExperimentConfig
+from cwpo.pipeline.console import LOGGERS, finish_wandb, stage_bar, stage_logger
+from cwpo.pipeline.console import quiet as _quiet
 from cwpo.pipeline.methods import MethodSpec, parse_method
 from cwpo.pipeline.stages import StageResult, StageRunner, unwrap
 from cwpo.precision import resolve_precision
@@ -33,8 +33,6 @@ from cwpo.precision import resolve_precision
 log = logging.getLogger(__name__)
 
 OBJECTIVE_TITLES = {"dpo": "DPO", "ipo": "IPO", "rdpo": "rDPO"}
-# ``ExperimentConfig.logger``: each training stage's logger, and the package it needs.
-LOGGERS = {"csv": None, "tensorboard": "tensorboard", "wandb": "wandb", "none": None}
 # The numbers of a result row a model card reports.
 CARD_METRICS = ("gra", "gra_se", "wins", "ties", "losses", "mean_gold_reward", "gold_reward_se", "gold_gain",
                 "gold_gain_se", "mean_length", "eos_rate", "heldout_gold_accuracy", "heldout_human_accuracy",
@@ -89,34 +87,6 @@ def _spec(value: Any, seed: int) -> ModelSpec:
     return dataclasses.replace(spec, seed=spec.seed + 1000 * seed)
 
 
-def _stage_bar(name: str):
-    """A Lightning callback: a tqdm bar per training epoch on stderr (``<stage> epoch k/n``, batches/s, loss)."""
-    from lightning.pytorch import Callback
-    from tqdm.auto import tqdm
-
-    class StageBar(Callback):
-        bar = None
-
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            total = trainer.num_training_batches if trainer.num_training_batches != float("inf") else None
-            self.bar = tqdm(total=total, desc=f"{name} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}",
-                            unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True)  # fmt: skip
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if self.bar is not None:
-                loss = trainer.callback_metrics.get("train/loss")
-                self.bar.update(1)
-                if loss is not None:
-                    self.bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
-
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
-
-    return StageBar()
-
-
 def _trainer(folder: Path, epochs: int, extra: dict[str, Any], *, validate: bool = False, logger: Any = None,
              progress: str | None = None):  # fmt: skip
     """A stage's Trainer; ``logger``: its own logger (:meth:`Experiment._logger`; default a CSV log in ``folder``);
@@ -133,7 +103,7 @@ def _trainer(folder: Path, epochs: int, extra: dict[str, Any], *, validate: bool
                               f"--logger ({'|'.join(LOGGERS)}), each stage gets its own, or set trainer.logger: false")  # fmt: skip
         logger = False
     if progress:  # stdout holds the results: Lightning's own bars (tqdm or rich) write there
-        extra["callbacks"] = [_stage_bar(progress), *(extra.get("callbacks") or [])]
+        extra["callbacks"] = [stage_bar(progress), *(extra.get("callbacks") or [])]
     settings = {
         "max_epochs": epochs,
         "default_root_dir": str(folder),
@@ -164,91 +134,6 @@ def _stage_trainer(config: ExperimentConfig, backbone: Any) -> dict[str, Any]:
     return extra
 
 
-class _Once(logging.Filter):
-    """Lets each distinct log message through once (the data summary every stage that loads the data repeats)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen: set[tuple[str, str]] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.getMessage())
-        if key in self.seen:
-            return False
-        self.seen.add(key)
-        return True
-
-
-def _errors_only(record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.ERROR
-
-
-@contextlib.contextmanager
-def _quiet(verbose: bool = False) -> Iterator[None]:
-    """Lightning announces devices and tips at every Trainer; a pipeline of dozens of them should not. Quiet:
-    Lightning below warnings, no transformers/datasets bars, no deprecation or Lightning hint warnings, DeepSpeed's
-    errors only, each log message once. ``verbose``: all of it, as the libraries print it, but still each Lightning
-    line once (its own handler prints it; it no longer also propagates to the root logger's)."""
-    import warnings
-
-    import lightning.pytorch  # noqa: F401  importing lightning resets its loggers: set levels after the import
-    from lightning.fabric.utilities.warnings import PossibleUserWarning
-
-    names = ("lightning.pytorch", "lightning.fabric", "lightning")
-    loggers = [logging.getLogger(name) for name in names]
-    saved = [(lg.level, lg.propagate) for lg in loggers]
-    for lg in loggers:
-        lg.propagate = lg.propagate and not lg.handlers
-        if not verbose:
-            lg.setLevel(logging.WARNING)
-    if verbose:
-        try:
-            yield
-        finally:
-            for lg, (level, propagate) in zip(loggers, saved, strict=True):
-                lg.setLevel(level)
-                lg.propagate = propagate
-        return
-    from datasets.utils import logging as datasets_logging
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled(), datasets_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" at every stage
-    datasets_logging.disable_progress_bar()
-    once, handlers = _Once(), list(logging.getLogger().handlers)
-    for handler in handlers:
-        handler.addFilter(once)
-    # DeepSpeed prints "Setting accelerator to CPU" on stdout at import; its logger resets its level then, a filter
-    # on the logger object stays
-    deepspeed_logger = logging.getLogger("DeepSpeed")
-    deepspeed_logger.addFilter(_errors_only)
-    try:
-        with warnings.catch_warnings():
-            for category in (PossibleUserWarning, DeprecationWarning, FutureWarning):
-                warnings.filterwarnings("ignore", category=category)
-            yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(once)
-        deepspeed_logger.removeFilter(_errors_only)
-        if bars[0]:
-            hf_logging.enable_progress_bar()
-        if bars[1]:
-            datasets_logging.enable_progress_bar()
-        for lg, (level, propagate) in zip(loggers, saved, strict=True):
-            lg.setLevel(level)
-            lg.propagate = propagate
-
-
-def _finish_wandb() -> None:
-    """Close the open W&B run, if W&B is in use (each stage logs to its own run)."""
-    import sys
-
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        wandb.finish()
-
-
 def _metric(trainer, name: str) -> float | None:
     value = trainer.callback_metrics.get(name)
     return None if value is None else float(value)
@@ -272,7 +157,6 @@ class Experiment:
         self._check_logger()
         # progress bars inside long stages (training, annotation, generation): on a terminal, or when asked for
         self.bars = config.verbose or sys.stderr.isatty()
-
 
     # Trainer settings of the weak and the strong model's stages, the resolved precision included, read from the
     # config at each use (so the stage that uses them is seen reading trainer, precision and the backbone).
@@ -439,7 +323,7 @@ class Experiment:
             warmup = self.config.strong.warmup_steps
             # with LoRA, the merged SFT model too: the base that a PO adapter stacked on this one names
             module = SFTModule(spec, lora=lora, optim=OptimConfig(lr=lr, warmup_steps=warmup), export_dir=str(out),
-                               export_merged=lora is not None)  # fmt: skip
+                               export_merged=lora is not None and self.config.strong.merge_sft)  # fmt: skip
             data = self._datamodule("SFTDataModule", dataset, spec, part, seed, batch_size)
             labels = next(iter((inputs.get("labels") or {"weak": None}).items()))  # ws_sft: the weak model
             source = "human_all" if labels == ("human", "train") else labels[0]
@@ -645,8 +529,11 @@ class Experiment:
                                       stop_strings=tuple(ev.stop_strings), backend=ev.backend)  # fmt: skip
             tokenizer = load_tokenizer(spec)
             if ev.backend == "vllm":  # vLLM loads weights itself: the merged model, saved in the stage folder
-                lm.save_pretrained(str(folder / "merged"))
-                tokenizer.save_pretrained(str(folder / "merged"))
+                from cwpo.io import atomic_path
+
+                with atomic_path(folder / "merged", is_dir=True) as tmp:
+                    lm.save_pretrained(str(tmp))
+                    tokenizer.save_pretrained(str(tmp))
                 lm = str(folder / "merged")
             trainer = default_trainer(**self.strong_trainer)
             records = generate(lm, tokenizer, self._test_prompts(), config, trainer=trainer,
@@ -776,29 +663,8 @@ class Experiment:
                 "progress": f"{stage}/{method}/seed{seed}" if self.bars else None}  # fmt: skip
 
     def _logger(self, folder: Path, stage: str, method: str, seed: int | str):
-        """Stage ``stage``'s own logger, named ``<stage>/<method>/seed<k>``: a CSV log in the stage folder
-        (``logs/version_0``), a TensorBoard run under ``<run_dir>/tensorboard/``, or a W&B run (project
-        ``$WANDB_PROJECT`` or ``cwpo``, one group per run folder, files under ``<run_dir>/wandb``)."""
-        kind, name = self.config.logger, f"{stage}/{method}/seed{seed}"
-        if kind == "none":
-            return False
-        if kind == "csv":
-            from lightning.pytorch.loggers import CSVLogger
-
-            return CSVLogger(str(folder), name="logs", version=0)
-        if kind == "tensorboard":
-            from lightning.pytorch.loggers import TensorBoardLogger
-
-            return TensorBoardLogger(str(self.run_dir / "tensorboard"), name=f"{stage}/{method}", version=f"seed{seed}",
-                                     default_hp_metric=False)  # fmt: skip
-        import os
-
-        from lightning.pytorch.loggers import WandbLogger
-
-        _finish_wandb()  # WandbLogger would reuse a W&B run still open (the previous stage's)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        return WandbLogger(name=name, project=os.environ.get("WANDB_PROJECT", "cwpo"), save_dir=str(self.run_dir),
-                           group=self.run_dir.resolve().name, job_type=stage)  # fmt: skip
+        """Stage ``stage``'s own logger (:func:`cwpo.pipeline.console.stage_logger`)."""
+        return stage_logger(self.config.logger, folder, self.run_dir, stage, method, seed)
 
     def _card(self, folder: Path, *, row: dict[str, Any] | None = None, title: str | None = None) -> None:
         """Rewrite an exported model's card with its method's title, training data and eval numbers (a stage
@@ -874,7 +740,7 @@ class Experiment:
                                      **annotator_summary})  # fmt: skip
                         self._card(po.path / ("adapter" if adapter else "model"), row=rows[-1],
                                    title=f"{family} {objective} policy (cwpo method {method.name}, seed {seed})")  # fmt: skip
-        _finish_wandb()
+        finish_wandb()
         if self.stages.dry:
             return rows
         write_json(self.run_dir / "rows.json", [{k: v for k, v in r.items() if k != "per_prompt"} for r in rows])

@@ -88,10 +88,11 @@ def test_an_adapter_on_a_local_folder_names_it_by_absolute_path_and_saves_no_cop
     assert_close(_logits(AutoModelForCausalLM.from_pretrained("merged")), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("sft_merged", [True, False], ids=["sft-exported-merged", "sft-adapter-only"])
+@pytest.mark.parametrize("sft_merged", [True, False], ids=["sft-exported-merged", "two-step-load"])
 def test_a_stacked_adapter_never_loads_on_the_bare_base(tmp_path, monkeypatch, sft_merged):
-    """LoRA SFT, then LoRA PO on top: the PO adapter's base is the SFT-merged model (``<sft>/merged`` when SFT
-    exported one, else a merged copy in ``base/``), so AutoPeft gives the trained policy, not base + PO adapter."""
+    """LoRA SFT, then LoRA PO on top: the PO adapter's base is the SFT-merged model ``<sft>/merged``, so AutoPeft
+    gives the trained policy, not base + PO adapter. Without SFT's merged export, loading fails (no such folder)
+    until ``cwpo export merge`` writes it."""
     monkeypatch.chdir(tmp_path)
     sft = SFTModule(tiny_spec(), lora=LoraSpec(dropout=0.0), export_dir="sft/adapter", export_merged=sft_merged)
     sft.configure_model()
@@ -103,11 +104,14 @@ def test_a_stacked_adapter_never_loads_on_the_bare_base(tmp_path, monkeypatch, s
     policy.save_adapter("po/adapter")
     expected = _logits(policy.policy)
     config = json.loads((tmp_path / "po/adapter/adapter_config.json").read_text())
-    base = tmp_path / ("sft/adapter/merged" if sft_merged else "po/adapter/base")
-    assert config["base_model_name_or_path"] == str(base)
-    assert (tmp_path / "po/adapter/base").exists() is not sft_merged
+    assert config["base_model_name_or_path"] == str(tmp_path / "sft/adapter/merged")
+    assert not (tmp_path / "po/adapter/base").exists()  # no copy of the base per stacked adapter
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
+    if not sft_merged:
+        with pytest.raises(OSError):  # loudly, never on the wrong base
+            _auto_peft_logits(str(tmp_path / "po/adapter"))
+        assert main(["merge", str(tmp_path / "sft/adapter"), str(tmp_path / "sft/adapter/merged")]) == 0
     assert_close(_auto_peft_logits(str(tmp_path / "po/adapter")), expected)
     # what it would give on the bare base differs: the check above can tell the two apart
     from peft import PeftModel

@@ -305,6 +305,7 @@ WRITER_FUNCTIONS = {"save_file", "save"}  # safetensors.torch.save_file, torch.s
 ATOMIC_BY_DESIGN = {
     ("cwpo/io.py", "atomic_path"): "the helper itself: reopens its temporary file to fsync it before the rename",
     ("cwpo/modules/export.py", "_save_tokenizer"): "writes into the temporary folder its callers' atomic_path made",
+    ("cwpo/modules/export.py", "_write_base"): "writes into the temporary folder its caller's atomic_path made",
     ("cwpo/annotation/shards.py", "PartWriter"): "append-only part files: one write + fsync per batch, a torn "
     "last line is cut on resume (its docstring), merged output goes through save_pairs",
     ("cwpo/annotation/shards.py", "read_part"): "cuts a torn last line off a part file (truncate + fsync)",
