@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "tests" / "reliability" / "configs"
 DATA = "{name: synthetic, args: {n_pairs: 40, n_test_pairs: 8}}"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_log_streams")]
 
 
 def test_evaluate_a_policy_adapter_against_its_sft_model(tmp_path, monkeypatch, capsys):
