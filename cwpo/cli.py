@@ -1,4 +1,4 @@
-"""The ``cwpo`` console script: ``cwpo fit|annotate|run|export ...`` dispatch to the module entry points.
+"""The ``cwpo`` console script: ``cwpo fit|annotate|run|evaluate|export ...`` dispatch to the module entry points.
 
 Every command takes ``--name value`` flags (``--data.split_ratio 0.3``, ``--split_ratio 0.3``), reports a user
 error as ``error: <message>`` with exit status 2 and no traceback, and shows the traceback with ``--debug``.
@@ -13,6 +13,7 @@ COMMANDS = {
     "fit": ("cwpo.fit", "train a registered module (annotator, pairrm, sft, policy) with LightningCLI"),
     "annotate": ("cwpo.annotate", "label D_U with a trained weak annotator, with confidence (stage 2)"),
     "run": ("cwpo.run", "the whole pipeline from one experiment YAML (no config: the synthetic default)"),
+    "evaluate": ("cwpo.evaluate", "a trained adapter or model against its reference: GRA, gold reward, held-out acc."),
     "export": ("cwpo.modules.export", "merge an exported adapter into its base model (export merge ADAPTER OUT)"),
 }
 

@@ -29,3 +29,13 @@ def hh_harmless_test_path() -> Path:
     if not HH_HARMLESS_TEST.exists():
         pytest.skip(f"real data not present: {HH_HARMLESS_TEST} (a checkout outside the team has no ../shared)")
     return HH_HARMLESS_TEST
+
+
+@pytest.fixture
+def fresh_log_streams(monkeypatch):
+    """No '--- Logging error ---' tracebacks in this test's stderr: a log handler made during an earlier test can hold
+    that test's closed capture stream; with ``logging.raiseExceptions`` off, writing to it is silently skipped (as a
+    log record that cannot be written is in production)."""
+    import logging
+
+    monkeypatch.setattr(logging, "raiseExceptions", False)

@@ -18,13 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 POLICY = REPO / "configs" / "policy" / "synthetic.yaml"
 SFT = REPO / "tests" / "reliability" / "configs" / "sft.yaml"
 HINT = "(run again with --debug for the traceback)"
+pytestmark = pytest.mark.usefixtures("fresh_log_streams")
 
 
 def _error(capsys, argv: list[str]) -> list[str]:
     """Run ``cwpo <argv>``; it must exit 2 with no traceback: return the lines of stderr."""
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err
+    assert "Traceback" not in err, err
     return err.strip().splitlines()
 
 

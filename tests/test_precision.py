@@ -88,5 +88,5 @@ def test_pipeline_stages_carry_the_resolved_precision_in_their_trainer_and_keys(
     assert experiment.weak_trainer["precision"] == "32-true"  # the embedded default's 64-wide annotator
     explicit = Experiment(ExperimentConfig(strong=StrongConfig(backbone=wide), trainer={"precision": "32-true"}))
     assert explicit.strong_trainer["precision"] == "32-true"
-    with pytest.raises(ConfigError, match="precision must be one of"):
-        ExperimentConfig(precision="half")
+    with pytest.raises(ConfigError, match="precision: must be one of"):
+        Experiment(ExperimentConfig(precision="half"))

@@ -518,28 +518,26 @@ def main(argv: list[str] | None = None, *, api=None) -> int:
         command.add_argument("--push_to_hub", metavar="REPO_ID", help="upload to this hub repo (org/name)")
         command.add_argument("--private", action="store_true", help="create the hub repo private")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "merge":
-            out = export_merged(args.adapter_dir, args.out_dir)
-            print(f"merged model written to {out}")
-            if args.push_to_hub:
-                print(f"pushed to {push_folder(out, args.push_to_hub, private=args.private, api=api)}")
-        elif args.command == "adapter":
-            if not args.push_to_hub:
-                parser.error("adapter: give --push_to_hub REPO_ID (the folder itself is already the export)")
-            print(f"pushed to {push_adapter(args.adapter_dir, args.push_to_hub, private=args.private, api=api)}")
-        else:
-            if not args.push_to_hub and not args.out_dir:
-                parser.error("dataset: give --out_dir FOLDER, --push_to_hub REPO_ID, or both")
-            if args.out_dir:
-                print(f"dataset folder written to {export_dataset(args.file, args.out_dir)}")
-            if args.push_to_hub:
-                print(f"pushed to {push_dataset(args.file, args.push_to_hub, private=args.private, api=api)}")
-    except CwpoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.command == "merge":
+        out = export_merged(args.adapter_dir, args.out_dir)
+        print(f"merged model written to {out}")
+        if args.push_to_hub:
+            print(f"pushed to {push_folder(out, args.push_to_hub, private=args.private, api=api)}")
+    elif args.command == "adapter":
+        if not args.push_to_hub:
+            parser.error("adapter: give --push_to_hub REPO_ID (the folder itself is already the export)")
+        print(f"pushed to {push_adapter(args.adapter_dir, args.push_to_hub, private=args.private, api=api)}")
+    else:
+        if not args.push_to_hub and not args.out_dir:
+            parser.error("dataset: give --out_dir FOLDER, --push_to_hub REPO_ID, or both")
+        if args.out_dir:
+            print(f"dataset folder written to {export_dataset(args.file, args.out_dir)}")
+        if args.push_to_hub:
+            print(f"pushed to {push_dataset(args.file, args.push_to_hub, private=args.private, api=api)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cwpo.errors import run_command
+
+    sys.exit(run_command(main, sys.argv[1:]))

@@ -589,9 +589,11 @@ class Experiment:
         out["per_prompt"] = per_prompt
         return out
 
-    def heldout(self, seed: int, po: StageResult, sft: StageResult, model, adapter: str | None) -> StageResult:
+    def heldout(self, seed: int, po: StageResult, sft: StageResult, model, adapter: str | None,
+                reference_model=None, reference_adapter: str | None = None) -> StageResult:  # fmt: skip
         """Held-out preference accuracy against gold: on the test pairs, does the policy's implicit reward
-        ``log π(y|x) − log π_SFT(y|x)`` order the two responses as the gold reward does? (Ties count as wrong.)"""
+        ``log π(y|x) − log π_SFT(y|x)`` order the two responses as the gold reward does? (Ties count as wrong.)
+        ``reference_model`` / ``reference_adapter``: the reference, when it is not ``sft``'s model (cwpo evaluate)."""
         inputs = {"po": po.key, "sft": sft.key, "seed": seed}
 
         def run(folder: Path) -> dict[str, Any]:
@@ -599,11 +601,14 @@ class Experiment:
             from cwpo.modules.sft import build_causal_lm
             from cwpo.pipeline.implicit import _logps_table
 
-            reference = self._sft_model(sft, self.config.strong.backbone, seed)
+            reference = reference_model or self._sft_model(sft, self.config.strong.backbone, seed)
             test = self._datamodule("PairDataModule", self.config.data.dataset, reference[0], "test", seed, 64,
                                     group_by_length=False)  # fmt: skip
             test.setup("fit")
-            ref = _logps_table(build_causal_lm(reference[0], init_adapter=reference[1], trainable=False), test)
+            ref_lm = build_causal_lm(reference[0], init_adapter=reference[1], trainable=False)
+            if reference_adapter is not None:
+                ref_lm = merge_adapter(ref_lm, reference_adapter)
+            ref = _logps_table(ref_lm, test)
             lm = build_causal_lm(model[0], init_adapter=model[1], trainable=False)
             if adapter is not None:
                 lm = merge_adapter(lm, adapter)

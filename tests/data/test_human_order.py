@@ -114,7 +114,8 @@ def test_the_pipeline_human_method_and_ws_dpo_train_on_the_human_order(files, tm
         name="human order", run_dir=str(tmp_path), seeds=[0], methods=["human", "ws-dpo"],
         data=DataConfig(dataset=dataset, max_length=64, test_prompts=4),
         weak=WeakConfig(epochs=1, ws_sft_epochs=1, ws_dpo_epochs=1, batch_size=8),
-        strong=StrongConfig(sft_epochs=1, po_epochs=1, batch_size=8), eval=EvalConfig(max_new_tokens=4),
+        strong=StrongConfig(sft_epochs=1, po_epochs=1, batch_size=8, pretrain=None),  # no pretraining on a local file
+        eval=EvalConfig(max_new_tokens=4),
     )  # fmt: skip
     experiment = Experiment(config)
     experiment.sft(0, "human", experiment._labels("human", 0, None, None))

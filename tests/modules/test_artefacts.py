@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from cwpo.errors import run_command
 from cwpo.models import LoraSpec, ModelSpec, load_causal_lm
 from cwpo.modules.export import hub_base_model, loadable_base, main, update_card
 from cwpo.modules.policy import PolicyModule
@@ -196,7 +197,7 @@ def test_export_push_to_hub_uploads_a_merged_model_and_refuses_an_adapter_on_a_l
     module.configure_model()
     _perturb(module, 4)
     module.save_adapter(str(tmp_path / "adapter"))
-    assert main(["adapter", str(tmp_path / "adapter"), "--push_to_hub", "me/adapter"]) == 2
+    assert run_command(main, ["adapter", str(tmp_path / "adapter"), "--push_to_hub", "me/adapter"]) == 2
     assert "nobody else can load; push the merged model instead" in capsys.readouterr().err
     assert main(["merge", str(tmp_path / "adapter"), str(tmp_path / "merged"), "--push_to_hub", "me/cw-dpo"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "pushed to https://hub.invalid/me/cw-dpo"
@@ -241,6 +242,6 @@ def test_export_push_to_hub_uploads_an_annotated_dataset_that_loads_back(tmp_pat
 
 def test_export_dataset_refuses_a_file_that_breaks_the_schema(tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "p", "chosen": "a"}\n')
-    assert main(["dataset", str(tmp_path / "bad.jsonl"), "--out_dir", str(tmp_path / "out")]) == 2
+    assert run_command(main, ["dataset", str(tmp_path / "bad.jsonl"), "--out_dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "bad.jsonl" in err and "rejected" in err and len(err.splitlines()) <= 2
