@@ -81,16 +81,16 @@ def write_figure(path: str | os.PathLike, figure: Any) -> Path:
 
 
 def plain_data(value: Any) -> Any:
-    """``value`` as plain data for configs, hashes and JSON: a dataclass (or anything with ``as_dict``, such as a
-    parsed jsonargparse namespace) becomes a dict, recursively through dicts, lists and tuples."""
+    """``value`` as plain JSON data for configs, hashes and cards: a dataclass (or anything with ``as_dict``, such
+    as a parsed jsonargparse namespace) becomes a dict, tuples lists and keys strings, recursively."""
     if callable(getattr(value, "as_dict", None)):
-        return value.as_dict()
+        return plain_data(value.as_dict())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+        return plain_data(dataclasses.asdict(value))
     if isinstance(value, dict):
-        return {key: plain_data(item) for key, item in value.items()}
+        return {str(key): plain_data(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(plain_data(item) for item in value)
+        return [plain_data(item) for item in value]
     return value
 
 

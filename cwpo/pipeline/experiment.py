@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from cwpo.errors import ConfigError
-from cwpo.io import write_json
+from cwpo.io import plain_data, write_json
 from cwpo.models import ModelSpec, as_model_spec, hidden_size
 from cwpo.modules.optim import OptimConfig
 from cwpo.pipeline.config import ExperimentConfig
@@ -69,17 +69,6 @@ HELDOUT_READS = ("strong.backbone", *_DATAMODULE)
 ORCHESTRATION_FIELDS = ("name", "run_dir", "seeds", "methods", "torch_threads", "logger", "verbose")
 
 
-def _plain(value: Any) -> Any:
-    """Config values as JSON-able data (dataclasses to dicts) for stage keys."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _spec(value: Any, seed: int) -> ModelSpec:
     """The model spec for one seed: its ``seed`` differs per seed, for every backbone, since it seeds both a random
     initialisation and the init of a LoRA adapter put on the model (pretrained weights load the same for any seed)."""
@@ -123,7 +112,7 @@ def _trainer(folder: Path, epochs: int, extra: dict[str, Any], *, validate: bool
 def _stage_trainer(config: ExperimentConfig, backbone: Any) -> dict[str, Any]:
     """``config.trainer`` with the Lightning precision that ``config.precision`` gives for ``backbone`` (an explicit
     ``trainer.precision`` wins)."""
-    extra = _plain(config.trainer)
+    extra = plain_data(config.trainer)
     if "precision" not in extra:
         # Only ``auto`` looks at the model's width (its config: a hub read for a hub model).
         spec = as_model_spec(backbone if not isinstance(backbone, dict) else dict(backbone))
@@ -172,7 +161,7 @@ class Experiment:
         from cwpo.io import stable_hash
 
         config = self.config
-        memo = stable_hash([_plain(config.trainer), config.precision, _plain(backbone)])
+        memo = stable_hash([plain_data(config.trainer), config.precision, plain_data(backbone)])
         if memo not in self._trainers:
             self._trainers[memo] = _stage_trainer(unwrap(config), backbone)
         return dict(self._trainers[memo])
@@ -345,10 +334,10 @@ class Experiment:
         """The strong model's pretraining stage (one for every seed), or ``None`` when it has none: causal-LM
         training from random weights on unlabelled synthetic text (:class:`cwpo.pipeline.config.PretrainConfig`)."""
         strong, data = self.config.strong, self.config.data
-        spec = as_model_spec(_plain(strong.backbone))
+        spec = as_model_spec(plain_data(strong.backbone))
         if strong.pretrain is None or not spec.from_scratch:
             return None
-        dataset = _plain(data.dataset)
+        dataset = plain_data(data.dataset)
         name = dataset if isinstance(dataset, str) else dataset.get("name") if isinstance(dataset, dict) else None
         if name != "synthetic":
             raise ConfigError(
@@ -356,7 +345,7 @@ class Experiment:
                 f"{dataset!r}; set strong.pretrain: null"
             )
         data_seed = int((dataset.get("args") or {}).get("seed", 0)) if isinstance(dataset, dict) else 0
-        settings = _plain(strong.pretrain)
+        settings = plain_data(strong.pretrain)
         inputs = {"data_seed": data_seed}
 
         def fit(folder: Path) -> dict[str, Any]:
@@ -438,7 +427,7 @@ class Experiment:
     def po(self, seed: int, method: MethodSpec, sft: StageResult, labels) -> StageResult:
         strong = self.config.strong
         dataset, part, label_key = labels
-        inputs = {"seed": seed, "sft": sft.key, "labels": label_key, "method": _plain(method) | {"name": None}}
+        inputs = {"seed": seed, "sft": sft.key, "labels": label_key, "method": plain_data(method) | {"name": None}}
         if method.online:
             return self._online_po(seed, method, sft, inputs)
 

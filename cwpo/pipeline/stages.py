@@ -37,7 +37,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from cwpo.io import file_hash, stable_hash, write_json
+from cwpo.io import file_hash, plain_data, stable_hash, write_json
 
 log = logging.getLogger(__name__)
 
@@ -209,16 +209,6 @@ def resolve(config: Any, path: str) -> Any:
     return value
 
 
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 # -- running and planning --------------------------------------------------------------------------------------
 @dataclass
 class _Planned:
@@ -269,7 +259,7 @@ class StageRunner:
     # -- keys
     def key_material(self, name: str, inputs: dict[str, Any], reads: Iterable[str] = ()) -> dict[str, Any]:
         """Everything a stage's key hashes (see the module docstring)."""
-        values = {path: _plain(resolve(self.config, path)) for path in sorted(set(reads))}
+        values = {path: plain_data(resolve(self.config, path)) for path in sorted(set(reads))}
         # Files inside the run folder are upstream stages' outputs: their keys stand for them.
         inside = self.run_dir.resolve()
         files = sorted({p for v in (values, inputs) for p in local_paths(v)
