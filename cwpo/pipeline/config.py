@@ -46,6 +46,9 @@ class DataConfig:
         max_length: token budget per pair (paper: 512 for HH-RLHF).
         test_prompts: evaluate GRA on at most this many test prompts (``None``: all).
         chat_template_for_text: send text prompts through the tokenizer's chat template.
+        truncation: ``drop`` (the paper's length filter: pairs over ``max_length`` are dropped) or ``keep_end``
+            (long prompts are cut from the left, keeping their end; see :class:`cwpo.data.TokenizeConfig`), for
+            every stage that tokenises pairs.
     """
 
     dataset: Any = field(default_factory=lambda: {"name": "synthetic", "args": {"n_pairs": 2400, "n_test_pairs": 500}})
@@ -53,8 +56,11 @@ class DataConfig:
     max_length: int = 64
     test_prompts: int | None = 500
     chat_template_for_text: bool = False
+    truncation: str = "drop"
 
     def __post_init__(self) -> None:
+        if self.truncation not in ("drop", "keep_end"):
+            raise ConfigError(f"data.truncation must be 'drop' or 'keep_end', got {self.truncation!r}")
         if not 0.0 < self.split_ratio < 1.0:
             raise ConfigError(f"data.split_ratio must be in (0, 1), got {self.split_ratio}")
 
@@ -73,6 +79,8 @@ class WeakConfig:
         ws_dpo_epochs: WS-DPO: DPO epochs of the weak policy on D_L.
         ws_lr: WS-DPO: learning rate of the weak policy (full fine-tuning).
         ws_beta: WS-DPO: the weak policy's β, also the scale of its implicit reward.
+        ws_backbone: WS-DPO: a :class:`cwpo.models.ModelSpec` value for the weak *causal LM* when ``backbone`` is
+            not one (an encoder annotator such as MiniLM); ``None``: ``backbone``.
     """
 
     backbone: Any = field(default_factory=_weak_backbone)
@@ -84,6 +92,7 @@ class WeakConfig:
     ws_dpo_epochs: int = 2
     ws_lr: float = 2e-3
     ws_beta: float = 0.1
+    ws_backbone: Any = None
 
 
 @dataclass
@@ -132,6 +141,10 @@ class StrongConfig:
         online_max_new_tokens: online methods: tokens sampled per response during training.
         online_temperature: online methods: sampling temperature during training.
         online_batch_size: online methods: prompts per step (one sampled pair each).
+        prefix_sharing: offline PO: one ``prompt + chosen + rejected`` row per pair, the prompt encoded once
+            (:class:`cwpo.data.prefix_collate.PrefixPairCollator`); faster for long prompts.
+        logps_impl: offline PO: ``logits`` or ``hidden`` (the LM head on response rows only), see
+            :class:`cwpo.modules.policy.PolicyModule`.
     """
 
     backbone: Any = field(default_factory=_strong_backbone)
@@ -151,6 +164,8 @@ class StrongConfig:
     online_max_new_tokens: int = 24
     online_temperature: float = 1.0
     online_batch_size: int = 32
+    prefix_sharing: bool = False
+    logps_impl: str = "logits"
 
 
 @dataclass
@@ -162,15 +177,22 @@ class EvalConfig:
         temperature: sampling temperature (0: greedy).
         top_p: nucleus mass.
         batch_size: prompts per generation batch.
-        judge: ``{"kind": "synthetic_gold"}``, ``{"kind": "reward_model", "spec": ...}`` or
-            ``{"kind": "steamshp", "spec": ...}``.
+        judge: ``{"kind": "synthetic_gold"}``, ``{"kind": "reward_model", "spec": ...}``,
+            ``{"kind": "steamshp", "spec": ...}``, ``{"kind": "llm", "base_url": ..., "model": ...}`` (an
+            OpenAI-compatible endpoint, :class:`cwpo.evaluation.llm_judge.LLMJudgeConfig`), or ``None``: no judge
+            (no GRA; data without gold rewards is then judged by held-out human preferences alone).
+        max_prompt_length: keep at most this many prompt tokens when generating, cut from the left (``None``:
+            whole prompts).
+        show_generations: the report shows every method's answer to this many test prompts side by side.
     """
 
     max_new_tokens: int = 24
     temperature: float = 0.7
     top_p: float = 1.0
     batch_size: int = 100
-    judge: dict[str, Any] = field(default_factory=lambda: {"kind": "synthetic_gold"})
+    judge: dict[str, Any] | None = field(default_factory=lambda: {"kind": "synthetic_gold"})
+    max_prompt_length: int | None = None
+    show_generations: int = 0
 
 
 @dataclass

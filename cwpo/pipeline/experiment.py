@@ -20,7 +20,7 @@ import torch
 
 from cwpo.errors import ConfigError
 from cwpo.io import write_json
-from cwpo.models import ModelSpec, as_model_spec, hidden_size
+from cwpo.models import ModelSpec, as_model_spec, hidden_size, packaged_model_path
 from cwpo.modules.optim import OptimConfig
 from cwpo.pipeline.config import ExperimentConfig
 from cwpo.pipeline.methods import MethodSpec, parse_method
@@ -127,9 +127,14 @@ class Experiment:
         self._annotator_stages: dict[int, StageResult] = {}
         self._pretrained: StageResult | None = None
         self._annotate_stages: dict[int, StageResult] = {}
+        self._annotate_test_stages: dict[int, StageResult] = {}
         # Trainer settings of the weak and the strong model's stages, the resolved precision included (in stage keys).
         self.weak_trainer = _stage_trainer(config, config.weak.backbone)
         self.strong_trainer = _stage_trainer(config, config.strong.backbone)
+        # WS-DPO's weak causal LM: the annotator's backbone unless ``weak.ws_backbone`` names another model.
+        ws = config.weak.ws_backbone
+        self.ws_trainer = self.weak_trainer if ws is None else _stage_trainer(config, ws)
+        self._materialised: dict[str, StageResult] = {}
 
     # -- data -----------------------------------------------------------------------------------------------
     @property
@@ -149,6 +154,7 @@ class Experiment:
             split_seed=seed,
             max_length=data.max_length,
             chat_template_for_text=data.chat_template_for_text,
+            truncation=data.truncation,
             batch_size=batch_size,
             seed=seed,
             **kw,
@@ -191,10 +197,14 @@ class Experiment:
 
         return self.stages.run("annotator", inputs, fit)
 
-    def annotate(self, seed: int, annotator: StageResult) -> StageResult:
+    def annotate(self, seed: int, annotator: StageResult, part: str = "d_u") -> StageResult:
+        """The annotator's labels and confidences on ``part``: D_U (what weak-label methods train on), or the test
+        part (``annotate_test``: its held-out agreement with human labels, never trained on)."""
         weak = self.config.weak
         inputs = {**self._data_inputs, "seed": seed, "annotator": annotator.key, "confidence": weak.confidence,
                   "precision": self.weak_trainer["precision"]}  # fmt: skip
+        name = "annotate" if part == "d_u" else f"annotate_{part}"
+        output = f"{part}_labelled.jsonl"
 
         def label(folder: Path) -> dict[str, Any]:
             from cwpo.annotation.annotate import annotate_dataset
@@ -202,8 +212,8 @@ class Experiment:
             result = annotate_dataset(
                 str(annotator.path / "annotator"),
                 self.config.data.dataset,
-                folder / "d_u_labelled.jsonl",
-                part="d_u",
+                folder / output,
+                part=part,
                 split_ratio=self.config.data.split_ratio,
                 split_seed=seed,
                 confidence=weak.confidence,
@@ -218,26 +228,28 @@ class Experiment:
                     "pairs_per_second": result.pairs_per_second}  # fmt: skip
 
         # A kill mid-stage keeps the scores done so far: annotate resumes from its parts (their manifest is checked).
-        return self.stages.run("annotate", inputs, label, keep=("d_u_labelled.jsonl.parts",))
+        return self.stages.run(name, inputs, label, keep=(f"{output}.parts",))
 
     # -- WS-DPO: the weak model as a DPO policy, labelling by its implicit reward ---------------------------
     def ws_labels(self, seed: int) -> StageResult:
         weak = self.config.weak
+        backbone = weak.backbone if weak.ws_backbone is None else weak.ws_backbone
         base = {
             **self._data_inputs,
             "seed": seed,
-            "backbone": _plain(weak.backbone),
-            "trainer": self.weak_trainer,
+            "backbone": _plain(backbone),
+            "trainer": self.ws_trainer,
         }
-        sft = self._sft_stage("ws_sft", base, _spec(weak.backbone, seed), None, self.config.data.dataset, "d_l", seed,
-                              weak.ws_sft_epochs, weak.ws_lr, weak.batch_size)  # fmt: skip
-        policy_inputs = {**base, "sft": sft.key, "epochs": weak.ws_dpo_epochs, "lr": weak.ws_lr, "beta": weak.ws_beta}
+        sft = self._sft_stage("ws_sft", base, self._start_spec(backbone, seed), None, self.config.data.dataset, "d_l",
+                              seed, weak.ws_sft_epochs, weak.ws_lr, weak.batch_size)  # fmt: skip
+        policy_inputs = {**base, "sft": sft.key, "epochs": weak.ws_dpo_epochs, "lr": weak.ws_lr, "beta": weak.ws_beta,
+                         **self._speed_inputs}  # fmt: skip
 
         def train_policy(folder: Path) -> dict[str, Any]:
-            self._fit_policy(folder, self._sft_model(sft, weak.backbone, seed), None, MethodSpec("ws", "human"),
+            self._fit_policy(folder, self._sft_model(sft, backbone, seed), None, MethodSpec("ws", "human"),
                              self.config.data.dataset, "d_l", seed, epochs=weak.ws_dpo_epochs, lr=weak.ws_lr,
                              beta=weak.ws_beta, batch_size=weak.batch_size,
-                             trainer=self.weak_trainer)  # fmt: skip
+                             trainer=self.ws_trainer)  # fmt: skip
             return {}
 
         policy = self.stages.run("ws_policy", policy_inputs, train_policy)
@@ -245,7 +257,7 @@ class Experiment:
         def label(folder: Path) -> dict[str, Any]:
             from cwpo.pipeline.implicit import label_by_implicit_reward
 
-            reference = self._sft_model(sft, weak.backbone, seed)
+            reference = self._sft_model(sft, backbone, seed)
             d_u = self._datamodule("PairDataModule", self.config.data.dataset, reference[0], "d_u", seed, 64,
                                    group_by_length=False)  # fmt: skip
             return label_by_implicit_reward(reference, policy.path / "model", d_u, folder, beta=weak.ws_beta,
@@ -279,7 +291,7 @@ class Experiment:
         if (sft.path / "model").exists():
             # The seed still matters for a saved model: it seeds the PO LoRA adapter's init (build_causal_lm).
             return ModelSpec(str(sft.path / "model"), seed=seed), None
-        base = self._strong_start(seed) if backbone is self.config.strong.backbone else _spec(backbone, seed)
+        base = self._strong_start(seed) if backbone is self.config.strong.backbone else self._start_spec(backbone, seed)
         return base, str(sft.path / "adapter")
 
     def pretrain(self) -> StageResult | None:
@@ -325,7 +337,29 @@ class Experiment:
         """The strong model SFT starts from: the pretrained model when there is a pretraining stage."""
         if self._pretrained is not None:
             return ModelSpec(str(self._pretrained.path / "model"), seed=_spec(self.config.strong.backbone, seed).seed)
-        return _spec(self.config.strong.backbone, seed)
+        return self._start_spec(self.config.strong.backbone, seed)
+
+    def _start_spec(self, backbone: Any, seed: int) -> ModelSpec:
+        """``_spec(backbone, seed)``, but a GGUF checkpoint is dequantised once (stage ``dequantize``: float weights
+        and tokenizer saved as a plain model folder, with any ``config`` override such as fewer layers applied), so
+        every later stage loads it in a second instead of dequantising it again (about 12 s for SmolLM2-135M)."""
+        spec = _spec(backbone, seed)
+        packaged = spec.name_or_path.startswith("package:") and packaged_model_path(
+            spec.name_or_path.removeprefix("package:")).is_file()  # fmt: skip
+        if spec.from_scratch or not (spec.gguf_file or packaged):
+            return spec
+        identity = {k: v for k, v in spec.identity().items() if k != "seed"}
+        key = json.dumps(identity, sort_keys=True)
+        if key not in self._materialised:
+
+            def save(folder: Path) -> dict[str, Any]:
+                from cwpo.models import save_dequantised
+
+                save_dequantised(spec, folder / "model")
+                return {}
+
+            self._materialised[key] = self.stages.run("dequantize", identity, save)
+        return ModelSpec(str(self._materialised[key].path / "model"), dtype=spec.dtype, seed=spec.seed)
 
     def sft(self, seed: int, source: str, labels) -> StageResult:
         strong = self.config.strong
@@ -363,17 +397,28 @@ class Experiment:
 
         L.seed_everything(seed, workers=True, verbose=False)
         spec, init_adapter = model
+        strong = self.config.strong
         module = PolicyModule(
             spec,
             init_adapter=init_adapter,
             top_n_fraction=method.top_n_fraction,
             reference_cache_dir=str(folder / "reference_cache"),
+            prefix_sharing=strong.prefix_sharing,
+            logps_impl=strong.logps_impl,
             **self._policy_kwargs(folder, lora, method, lr=lr, beta=beta),
         )
-        data = self._datamodule("PairDataModule", dataset, spec, part, seed, batch_size)
+        data = self._datamodule("PairDataModule", dataset, spec, part, seed, batch_size,
+                                prefix_sharing=strong.prefix_sharing)  # fmt: skip
         trainer = _trainer(folder, epochs, trainer)
         trainer.fit(module, data)
         return trainer
+
+    @property
+    def _speed_inputs(self) -> dict[str, Any]:
+        """The offline PO speed settings that differ from their defaults (in stage keys; defaults keep old keys)."""
+        strong = self.config.strong
+        speed = {"prefix_sharing": strong.prefix_sharing, "logps_impl": strong.logps_impl}
+        return {"speed": speed} if speed != {"prefix_sharing": False, "logps_impl": "logits"} else {}
 
     def po(self, seed: int, method: MethodSpec, sft: StageResult, labels) -> StageResult:
         strong = self.config.strong
@@ -381,7 +426,8 @@ class Experiment:
         inputs = {**self._data_inputs, "seed": seed, "sft": sft.key, "labels": label_key,
                   "method": _plain(method) | {"name": None}, "lora": _plain(strong.po_lora), "epochs": strong.po_epochs,
                   "lr": strong.po_lr, "beta": strong.beta, "tau": strong.tau, "epsilon": strong.epsilon,
-                  "reference": strong.reference, "batch_size": strong.batch_size, "trainer": self.strong_trainer}  # fmt: skip
+                  "reference": strong.reference, "batch_size": strong.batch_size, "trainer": self.strong_trainer,
+                  **self._speed_inputs}  # fmt: skip
         if method.online:
             return self._online_po(seed, method, sft, inputs)
 
@@ -451,7 +497,10 @@ class Experiment:
 
     def generate(self, seed: int, model_stage: StageResult, model: tuple[ModelSpec, str | None], adapter: str | None):
         ev = self.config.eval
-        inputs = {"model": model_stage.key, "seed": seed, "eval": _plain(ev) | {"judge": None},
+        settings = {k: v for k, v in _plain(ev).items() if k != "show_generations"}
+        if settings["max_prompt_length"] is None:
+            del settings["max_prompt_length"]  # the key of a config without it stays as it was
+        inputs = {"model": model_stage.key, "seed": seed, "eval": settings | {"judge": None},
                   "data": self._data_inputs, "test_prompts": self.config.data.test_prompts,
                   "trainer": self.strong_trainer}  # fmt: skip
 
@@ -467,6 +516,7 @@ class Experiment:
                 lm = merge_adapter(lm, adapter)
             config = GenerationConfig(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, top_p=ev.top_p,
                                       seed=seed, batch_size=ev.batch_size, progress=False,
+                                      max_prompt_length=ev.max_prompt_length,
                                       chat_template_for_text=self.config.data.chat_template_for_text)  # fmt: skip
             trainer = default_trainer(**self.strong_trainer)
             records = generate(lm, load_tokenizer(spec), self._test_prompts(), config, trainer=trainer,
@@ -479,11 +529,14 @@ class Experiment:
         return self.stages.run("generate", inputs, run)
 
     def _judge(self):
+        """The configured judge, or ``None`` when ``eval.judge`` is ``None`` (no GRA then)."""
         if not hasattr(self, "_judge_cache"):
             from cwpo.evaluation.judges import load_judge
 
-            judge = dict(self.config.eval.judge)
-            self._judge_cache = load_judge(judge.pop("kind"), judge.pop("spec", None), **judge)
+            judge = None if self.config.eval.judge is None else dict(self.config.eval.judge)
+            self._judge_cache = (
+                None if judge is None else load_judge(judge.pop("kind"), judge.pop("spec", None), **judge)
+            )
         return self._judge_cache
 
     def gra(self, aligned: StageResult, sft: StageResult) -> dict[str, Any]:
@@ -500,6 +553,8 @@ class Experiment:
         prompts = [row["prompt"] for row in aligned_rows]
         answers, sft_answers = [r["response"] for r in aligned_rows], [r["response"] for r in sft_rows]
         judge = self._judge()
+        if judge is None:  # no judge: only lengths and EOS rates
+            return self._length_stats(aligned_rows, sft_rows)
         margins = judge_compare(judge, prompts, answers, sft_answers).double()
         result = pairwise_accuracy(margins)
         out = {"gra": result.gra, "ties_pct": result.ties, "gra_se": result.se, "n": result.n, "wins": result.n_wins,
@@ -512,6 +567,12 @@ class Experiment:
             out["sft_mean_gold_reward"], out["sft_gold_reward_se"] = mean_se(sft_rewards.tolist())
             out["gold_gain"], out["gold_gain_se"] = mean_se((rewards - sft_rewards).tolist())
             per_prompt |= {"reward": rewards.tolist(), "sft_reward": sft_rewards.tolist()}
+        out |= self._length_stats(aligned_rows, sft_rows)
+        out["per_prompt"] = per_prompt
+        return out
+
+    def _length_stats(self, aligned_rows: list[dict[str, Any]], sft_rows: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         limit = self.config.eval.max_new_tokens
         for prefix, rows in (("", aligned_rows), ("sft_", sft_rows)):
             tokens = [r["n_new_tokens"] for r in rows]
@@ -519,41 +580,118 @@ class Experiment:
             # as not ended)
             out[f"{prefix}mean_length"] = sum(tokens) / max(len(tokens), 1)
             out[f"{prefix}eos_rate"] = sum(t < limit for t in tokens) / max(len(tokens), 1)
-        out["per_prompt"] = per_prompt
         return out
 
-    def heldout(self, seed: int, po: StageResult, sft: StageResult, model, adapter: str | None) -> StageResult:
-        """Held-out preference accuracy against gold: on the test pairs, does the policy's implicit reward
-        ``log π(y|x) − log π_SFT(y|x)`` order the two responses as the gold reward does? (Ties count as wrong.)"""
-        inputs = {"po": po.key, "sft": sft.key, "seed": seed, "data": self._data_inputs}
+    def _test_logps(self, seed: int, key: Any, model: tuple[ModelSpec, str | None], adapter: str | None = None):
+        """Stage ``test_logps``: ``(n, 4)`` summed response log-probs and token counts of the test pairs'
+        (chosen, rejected) under one model (``key`` names it), computed once and read by every comparison."""
+        strong = self.config.strong
+        inputs = {"model": key, "seed": seed, "data": self._data_inputs, "truncation": self.config.data.truncation,
+                  "precision": self.strong_trainer.get("precision"), "logps_impl": strong.logps_impl}  # fmt: skip
 
         def run(folder: Path) -> dict[str, Any]:
             from cwpo.modules.export import merge_adapter
+            from cwpo.modules.policy import pair_logps
+            from cwpo.modules.reference import collect_by_index, length_sorted_loader
             from cwpo.modules.sft import build_causal_lm
-            from cwpo.pipeline.implicit import _logps_table
 
-            reference = self._sft_model(sft, self.config.strong.backbone, seed)
-            test = self._datamodule("PairDataModule", self.config.data.dataset, reference[0], "test", seed, 64,
-                                    group_by_length=False)  # fmt: skip
-            test.setup("fit")
-            ref = _logps_table(build_causal_lm(reference[0], init_adapter=reference[1], trainable=False), test)
             lm = build_causal_lm(model[0], init_adapter=model[1], trainable=False)
             if adapter is not None:
                 lm = merge_adapter(lm, adapter)
-            h = (_logps_table(lm, test) - ref).double()
-            margin = h[:, 0] - h[:, 1]
-            rows = test.train_dataset
-            if "gold_reward_chosen" not in rows.column_names:
-                return {}
-            gold = torch.tensor(rows["gold_reward_chosen"], dtype=torch.float64) - torch.tensor(
-                rows["gold_reward_rejected"], dtype=torch.float64
-            )
-            correct = ((margin > 0) & (gold > 0)) | ((margin < 0) & (gold < 0))
-            human = margin > 0  # loaded pairs are in human order
-            return {"heldout_gold_accuracy": 100.0 * float(correct.double().mean()),
-                    "heldout_human_accuracy": 100.0 * float(human.double().mean()), "heldout_pairs": int(h.shape[0])}  # fmt: skip
+            test = self._datamodule("PairDataModule", self.config.data.dataset, model[0], "test", seed, 64,
+                                    group_by_length=False)  # fmt: skip
+            test.setup("fit")
+            bf16 = str(self.strong_trainer.get("precision", "")).startswith("bf16")
+
+            def values(batch):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = pair_logps(lm, batch, impl=strong.logps_impl)
+                parts = (out.chosen_logps, out.rejected_logps, out.chosen_counts, out.rejected_counts)
+                return torch.stack([p.float() for p in parts], dim=1)
+
+            loader = length_sorted_loader(test.train_dataloader(), batch_size=16)
+            table = collect_by_index(loader, values, len(loader.dataset))
+            torch.save({"table": table, "ids": list(test.train_dataset["id"])}, folder / "logps.pt")
+            return {"pairs": int(table.shape[0])}
+
+        stage = self.stages.run("test_logps", inputs, run)
+        return torch.load(stage.path / "logps.pt"), stage
+
+    def _test_gold_margins(self) -> torch.Tensor | None:
+        """Gold reward margins (chosen − rejected) of the tokenised test pairs, ``None`` when the data has none."""
+        if not hasattr(self, "_gold_margins"):
+            from cwpo.data import load_part
+
+            test = load_part(self.config.data.dataset, "test")
+            self._gold_margins = None
+            if "gold_reward_chosen" in test.column_names:
+                gold = dict(zip(test["id"], (a - b for a, b in zip(test["gold_reward_chosen"],
+                                                                   test["gold_reward_rejected"], strict=True)),
+                                strict=True))  # fmt: skip
+                self._gold_margins = gold
+        return self._gold_margins
+
+    @property
+    def has_gold(self) -> bool:
+        """Whether the test pairs carry gold rewards (the synthetic task); otherwise only human labels judge."""
+        return self._test_gold_margins() is not None
+
+    def _accuracy(self, margin: torch.Tensor, ids: list[str]) -> tuple[dict[str, Any], list[float]]:
+        """Held-out accuracy of implicit-reward margins (chosen − rejected, loaded pairs in human order): vs the
+        human labels with its binomial SE, vs gold when there is gold; and the per-pair human outcomes (0/1)."""
+        from cwpo.evaluation.metrics import mean_se
+
+        human = (margin > 0).double()  # ties count as wrong
+        accuracy, se = mean_se((100.0 * human).tolist())
+        out = {"heldout_human_accuracy": accuracy, "heldout_human_se": se, "heldout_pairs": int(margin.shape[0])}
+        gold = self._test_gold_margins()
+        if gold is not None:
+            g = torch.tensor([gold[i] for i in ids], dtype=torch.float64)
+            correct = ((margin > 0) & (g > 0)) | ((margin < 0) & (g < 0))
+            out["heldout_gold_accuracy"] = 100.0 * float(correct.double().mean())
+        return out, human.tolist()
+
+    def heldout(self, seed: int, po: StageResult, sft: StageResult, model, adapter: str | None) -> StageResult:
+        """Held-out preference accuracy: on the test pairs, does the policy's implicit reward
+        ``log π(y|x) − log π_SFT(y|x)`` (β > 0 does not change its sign) order the two responses as the human did,
+        and as the gold reward does when there is one? (Ties count as wrong.) Per-pair human outcomes are in
+        ``heldout.json`` for paired comparisons."""
+        reference = self._sft_model(sft, self.config.strong.backbone, seed)
+        ref, ref_stage = self._test_logps(seed, sft.key, reference)
+        policy, policy_stage = self._test_logps(seed, po.key, model, adapter)
+        inputs = {"po": po.key, "sft": sft.key, "seed": seed, "data": self._data_inputs,
+                  "logps": [ref_stage.key, policy_stage.key]}  # fmt: skip
+
+        def run(folder: Path) -> dict[str, Any]:
+            h = (policy["table"][:, :2] - ref["table"][:, :2]).double()
+            summary, outcomes = self._accuracy(h[:, 0] - h[:, 1], policy["ids"])
+            write_json(folder / "heldout.json", {"ids": policy["ids"], "human_correct": outcomes})
+            return summary
 
         return self.stages.run("heldout", inputs, run)
+
+    def sft_heldout(self, seed: int, source: str, sft: StageResult) -> dict[str, Any]:
+        """Held-out preference accuracy of an SFT model, which has no DPO reference of its own: its implicit reward
+        against the model it started from, ``log π_SFT(y|x) − log π_base(y|x)`` (the SFT adapter's log-ratio), and,
+        beside it, the plain length-normalised log-likelihood ``log π_SFT(y|x) / |y|`` (no reference)."""
+        backbone = self.config.strong.backbone
+        base, base_stage = self._test_logps(seed, {"base": _plain(backbone),
+                                                   "pretrain": None if self._pretrained is None
+                                                   else self._pretrained.key}, (self._strong_start(seed), None))  # fmt: skip
+        model, _ = self._test_logps(seed, sft.key, self._sft_model(sft, backbone, seed))
+        ratio = (model["table"][:, :2] - base["table"][:, :2]).double()
+        out, outcomes = self._accuracy(ratio[:, 0] - ratio[:, 1], model["ids"])
+        table = model["table"].double()
+        normalised = table[:, 0] / table[:, 2].clamp(min=1) - table[:, 1] / table[:, 3].clamp(min=1)
+        length_norm, _ = self._accuracy(normalised, model["ids"])
+        base_table = base["table"].double()
+        base_norm, _ = self._accuracy(base_table[:, 0] / base_table[:, 2].clamp(min=1)
+                                      - base_table[:, 1] / base_table[:, 3].clamp(min=1), base["ids"])  # fmt: skip
+        return {"method": f"sft ({source} labels)", "seed": seed, **out,
+                "length_normalised_accuracy": length_norm["heldout_human_accuracy"],
+                "length_normalised_se": length_norm["heldout_human_se"],
+                "base_length_normalised_accuracy": base_norm["heldout_human_accuracy"],
+                "per_pair": outcomes}  # fmt: skip
 
     def label_stats(self, method: MethodSpec, labels) -> dict[str, Any]:
         """How the pairs a method trains on agree with the gold order and with the human labels, each pair counted
@@ -590,12 +728,56 @@ class Experiment:
         return [self._annotate_stages[s].path / "d_u_labelled.jsonl" for s in self.config.seeds
                 if s in self._annotate_stages]  # fmt: skip
 
+    def stage_times(self) -> list[dict[str, Any]]:
+        """Every stage this run computed or reused, in order, with the wall seconds it took when computed (read
+        from its ``DONE.json``); also written to ``<run_dir>/stage_times.json``."""
+        times = []
+        labels = dict.fromkeys(self.stages.computed, True)  # a stage read again after computing it stays computed
+        for label in self.stages.reused:
+            labels.setdefault(label, False)
+        for label, computed in labels.items():
+            marker = self.run_dir / label / "DONE.json"
+            seconds = json.loads(marker.read_text()).get("seconds") if marker.exists() else None
+            name, key = label.split("/", 1)
+            times.append({"stage": name, "key": key, "seconds": seconds, "computed": computed,
+                          "mtime": marker.stat().st_mtime if marker.exists() else 0.0})  # fmt: skip
+        times.sort(key=lambda t: t.pop("mtime"))
+        write_json(self.run_dir / "stage_times.json", times)
+        return times
+
+    def report_sections(self, out: Path, rows: list[dict[str, Any]]) -> list[str]:
+        """Extra report sections: without a gold model, held-out accuracy vs the human labels (aligned and SFT
+        models), its paired comparisons, the annotator on the test pairs and the generations side by side; and,
+        always, the wall time of every stage."""
+        from cwpo.evaluation.heldout_report import no_gold_sections, stage_times_table
+
+        lines: list[str] = []
+        if not self.has_gold:
+            test = [json.loads(line) for s in self._annotate_test_stages.values()
+                    for line in (s.path / "test_labelled.jsonl").read_text().splitlines() if line]  # fmt: skip
+            out.mkdir(parents=True, exist_ok=True)
+            lines += no_gold_sections(rows, getattr(self, "sft_rows", []), out, annotated_test=test or None,
+                                      generation_files=getattr(self, "generation_files", {}),
+                                      show_generations=self.config.eval.show_generations)  # fmt: skip
+        elif self.config.eval.show_generations:
+            from cwpo.evaluation.heldout_report import generations_section
+
+            lines += [
+                "## Generations",
+                "",
+                *generations_section(self.generation_files, self.config.eval.show_generations),
+            ]
+        lines += ["", "## Wall time per stage", "", *stage_times_table(self.stage_times())]
+        return lines
+
     # -- everything -----------------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
         if self.config.torch_threads is not None:
             torch.set_num_threads(self.config.torch_threads)
         rows = []
         sources = {m.labels for m in self.methods}
+        self.sft_rows: list[dict[str, Any]] = []  # no gold: the SFT models' held-out accuracy
+        self.generation_files: dict[str, Path] = {}  # first seed's generations, by method (and ``sft (<labels>)``)
         with _quiet():
             self._pretrained = self.pretrain()
             for seed in self.config.seeds:
@@ -607,6 +789,8 @@ class Experiment:
                     weak = self._annotate_stages[seed] = self.annotate(seed, annotator)
                     annotator_summary = {"annotator_val_accuracy": annotator.summary.get("val_accuracy"),
                                          "weak_label_agreement": weak.summary.get("agreement")}  # fmt: skip
+                    if not self.has_gold:  # no gold model: the annotator is judged on the held-out human labels
+                        self._annotate_test_stages[seed] = self.annotate(seed, annotator, "test")
                 if "ws" in sources:
                     ws = self.ws_labels(seed)
                 sft_stages, sft_generations = {}, {}
@@ -617,6 +801,11 @@ class Experiment:
                     sft_generations[source] = self.generate(
                         seed, sft, self._sft_model(sft, self.config.strong.backbone, seed), None
                     )
+                    self.generation_files.setdefault(
+                        f"sft ({source})", sft_generations[source].path / "generations.jsonl"
+                    )
+                    if not self.has_gold:
+                        self.sft_rows.append(self.sft_heldout(seed, source, sft))
                 for method in self.methods:
                     labels = self._labels(method.labels, seed, weak, ws)
                     sft = sft_stages[method.labels]
@@ -628,10 +817,15 @@ class Experiment:
                     generation = self.generate(seed, po, model, adapter)
                     heldout = self.heldout(seed, po, sft, model, adapter) if not method.online else None
                     family, objective = method_family(method)
+                    self.generation_files.setdefault(method.name, generation.path / "generations.jsonl")
                     rows.append({"method": method.name, "family": family, "objective": objective, "seed": seed,
                                  **self.gra(generation, sft_generations[method.labels]),
                                  **self.label_stats(method, labels), **(heldout.summary if heldout else {}),
                                  **annotator_summary})  # fmt: skip
+                    if heldout is not None and not self.has_gold:  # per-pair outcomes for the paired comparisons
+                        outcomes = json.loads((heldout.path / "heldout.json").read_text())["human_correct"]
+                        rows[-1]["per_prompt"] = rows[-1].get("per_prompt", {}) | {
+                            "heldout": [100.0 * v for v in outcomes]}  # fmt: skip
         write_json(self.run_dir / "rows.json", [{k: v for k, v in r.items() if k != "per_prompt"} for r in rows])
         return rows
 
