@@ -282,6 +282,11 @@ def test_real_hh_dialogues_as_messages_keep_their_end_and_a_response(hh_harmless
             assert len(ids) >= 1 and ids != [tok.eos_token_id]
             kept = [i for i in ids if i != tok.eos_token_id]
             assert kept and row[name].startswith(tok.decode(kept))
-    # min_prompt_tokens = the whole budget: no room for any response token, so every pair is dropped and counted
+    # min_prompt_tokens = the whole budget: a long prompt leaves no room for a response token, so its pair is
+    # dropped and counted, never kept with an empty response (strict: a DataError naming the row)
+    tight = TokenizeConfig(max_length=64, truncation="keep_end", min_prompt_tokens=64)
+    kept = tokenize_pairs(rows, tok, tight)
+    assert get_filter_report(kept).dropped["response_truncated_to_zero"] > 10
+    assert all(len(r["chosen_ids"]) >= 1 and len(r["rejected_ids"]) >= 1 for r in kept)
     with pytest.raises(DataError, match="response_truncated_to_zero"):
-        tokenize_pairs(rows, tok, TokenizeConfig(max_length=64, truncation="keep_end", min_prompt_tokens=64))
+        tokenize_pairs(rows, tok, tight, strict=True)
