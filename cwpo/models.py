@@ -275,8 +275,11 @@ def save_dequantised(spec: ModelSpec | str | dict, folder: str | os.PathLike) ->
     fresh = AutoModelForCausalLM.from_config(config, dtype=spec.torch_dtype)
     fresh.load_state_dict(model.state_dict(), strict=True)
     fresh.generation_config = model.generation_config
-    fresh.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    from cwpo.io import atomic_path
+
+    with atomic_path(folder, is_dir=True) as tmp:  # a kill leaves no half-written model folder
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return Path(folder)
 
 

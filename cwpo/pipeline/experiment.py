@@ -611,7 +611,10 @@ class Experiment:
 
             loader = length_sorted_loader(test.train_dataloader(), batch_size=16)
             table = collect_by_index(loader, values, len(loader.dataset))
-            torch.save({"table": table, "ids": list(test.train_dataset["id"])}, folder / "logps.pt")
+            from cwpo.io import atomic_path
+
+            with atomic_path(folder / "logps.pt") as tmp:
+                torch.save({"table": table, "ids": list(test.train_dataset["id"])}, tmp)
             return {"pairs": int(table.shape[0])}
 
         stage = self.stages.run("test_logps", inputs, run)
