@@ -144,21 +144,9 @@ def _keep_start(prompt: list[int], response: list[int], max_length: int) -> list
 
 def child_prepare(args) -> dict:
     """Load ``--model`` once (GGUF → float32) and save it with its tokenizer as a safetensors folder."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    from cwpo.models import ModelSpec, save_dequantised
 
-    from cwpo.models import ModelSpec, load_causal_lm, load_tokenizer
-
-    spec = ModelSpec(args.model, gguf_file=args.gguf_file)
-    tokenizer = load_tokenizer(spec)
-    model = load_causal_lm(spec, tokenizer=tokenizer)
-    config = model.config
-    if hasattr(config, "quantization_config"):  # GGUF loads are marked quantised; the weights are plain floats
-        delattr(config, "quantization_config")
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    fresh.load_state_dict(model.state_dict(), strict=True)
-    fresh.save_pretrained(args.weights_dir)
-    tokenizer.save_pretrained(args.weights_dir)
+    save_dequantised(ModelSpec(args.model, gguf_file=args.gguf_file), args.weights_dir)
     return {"weights_dir": args.weights_dir}
 
 

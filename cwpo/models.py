@@ -260,6 +260,29 @@ def load_causal_lm(spec: ModelSpec | str | dict, tokenizer=None):
     return model
 
 
+def save_dequantised(spec: ModelSpec | str | dict, folder: str | os.PathLike) -> Path:
+    """Load ``spec`` (a GGUF checkpoint is dequantised to float on load) and save it with its tokenizer as a plain
+    safetensors model folder, which loads in a second instead of being dequantised again. Any ``config`` override
+    of the spec (e.g. fewer ``num_hidden_layers``: a truncated copy) is applied to what is saved."""
+    from transformers import AutoModelForCausalLM
+
+    spec = as_model_spec(spec)
+    tokenizer = load_tokenizer(spec)
+    model = load_causal_lm(spec, tokenizer=tokenizer)
+    config = model.config
+    if hasattr(config, "quantization_config"):  # GGUF loads are marked quantised; the weights are plain floats
+        delattr(config, "quantization_config")
+    fresh = AutoModelForCausalLM.from_config(config, dtype=spec.torch_dtype)
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    fresh.generation_config = model.generation_config
+    from cwpo.io import atomic_path
+
+    with atomic_path(folder, is_dir=True) as tmp:  # a kill leaves no half-written model folder
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(folder)
+
+
 def load_sequence_classifier(spec: ModelSpec | str | dict, tokenizer=None, num_labels: int = 1):
     """A backbone with a fresh scalar head (``num_labels=1``): the BT annotator's reward model."""
     from transformers import AutoModelForSequenceClassification

@@ -83,8 +83,9 @@ def _main(argv: list[str]) -> int:
         from cwpo.data.files import iter_rows
 
         annotated = [row for path in annotate_dirs for _, row in iter_rows(path)]  # every seed's weak labels
-    paths = build_report(rows, Path(config.run_dir) / "report", commands=[command], config_text=config_text,
-                         annotated_records=annotated, title=config.name)  # fmt: skip
+    report_dir = Path(config.run_dir) / "report"
+    paths = build_report(rows, report_dir, commands=[command], config_text=config_text, annotated_records=annotated,
+                         title=config.name, sections=experiment.report_sections(report_dir, rows))  # fmt: skip
     print(results_section(Path(paths["markdown"]).read_text()) if "markdown" in paths else "")
     cpu = time.process_time() - cpu_start
     print(f"stages computed: {len(experiment.stages.computed)}, reused: {len(experiment.stages.reused)}; "

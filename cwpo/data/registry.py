@@ -4,8 +4,10 @@ A spec is a loader name and its arguments; a bare string is a loader name (``"sy
 ``"harmless-base"``) or the path of a local file. :func:`load_part` turns a spec into one of the parts:
 
 ==========  ==========================================================================================
-``train``   the source's training split (a local file without a test split: all but the held-out part)
-``test``    the source's test split (or the held-out ``test_fraction`` of a local file)
+``train``   the source's training split (with ``test_fraction``, or a local file without a test split: all but the
+            held-out part)
+``test``    the source's test split (or, with ``test_fraction``, the held-out part of the training split: for a
+            local file, or a source whose only copy at hand is one split, such as HH-RLHF's test file)
 ``all``     train and test together (a local file: every row)
 ``d_l``     the labelled ``split_ratio`` of ``train`` (hash split by ``split_seed``)
 ``d_u``     the rest of ``train``, the unlabelled set the weak annotator labels
@@ -63,8 +65,10 @@ class DatasetSpec:
             ``train_prefs`` for UltraFeedback).
         test_split: the split used for ``test`` (``test``, ``test_prefs``, ``validation`` for TL;DR).
         test_path: ``local`` (and ``trl`` with a single file): a separate file for the test part.
-        test_fraction: ``local`` (and ``trl`` with a single file) without ``test_path``: hold out this fraction (by
-            hash) as the test part.
+        test_fraction: hold out this fraction (by hash of the ids) of the training split as the test part (``local``
+            and single-file ``trl`` without ``test_path``; any other loader: its ``train_split`` is split into
+            ``train`` and ``test``, and the loader's own test split is not read). Use it when the one file at hand
+            must give both parts, e.g. the local HH-RLHF ``harmless-base-test.jsonl.gz`` (read as the training split).
         test_seed: seed of that held-out split.
     """
 
@@ -169,6 +173,12 @@ def load_split(spec: DatasetSpec | str | dict, split: str = "train"):
         test, train = split_holdout(data, spec.test_fraction, seed=spec.test_seed)
         return test if split == "test" else train
     _, _, _, train_split, test_split = _LOADERS[spec.name]
+    if spec.test_fraction > 0.0:  # both parts from the training split, by hash: the test part never trains
+        from cwpo.data.splits import split_holdout
+
+        data = _call_loader(spec.name, spec.train_split or train_split, spec.path, spec.args)
+        test, train = split_holdout(data, spec.test_fraction, seed=spec.test_seed)
+        return test if split == "test" else train
     loader_split = (spec.train_split or train_split) if split == "train" else (spec.test_split or test_split)
     return _call_loader(spec.name, loader_split, spec.path, spec.args)
 

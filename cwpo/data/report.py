@@ -8,8 +8,10 @@ failing, and the report travels with the data: it is stored in the dataset's ``i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -145,3 +147,15 @@ class FilterReport:
 def get_filter_report(dataset) -> FilterReport:
     """The :class:`FilterReport` attached to ``dataset`` (an empty one when none was)."""
     return FilterReport.from_dataset(dataset) or FilterReport(n_read=len(dataset), n_kept=len(dataset))
+
+
+@contextlib.contextmanager
+def quiet_reports() -> Iterator[None]:
+    """No drop-count lines from cwpo's loaders inside the block: for a second look at data a stage reports itself."""
+    data_log = logging.getLogger("cwpo.data")
+    level = data_log.level
+    data_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        data_log.setLevel(level)

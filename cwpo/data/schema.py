@@ -225,13 +225,18 @@ OVERLAP_HINT = (
 def overlap_problem(record: dict[str, Any]) -> str | None:
     """Why a pair's responses overlap its prompt (a raw HH-RLHF record, a prompt holding the answer), or None."""
     prompt = prompt_text(record["prompt"]).strip()
+    # What a prompt may not already hold: with chat messages, the user turns only (an assistant that repeats one of
+    # its earlier replies is real dialogue, common in HH-RLHF, not an answer given away).
+    messages = record["prompt"] if isinstance(record["prompt"], list) else None
+    given = prompt if messages is None else "\n".join(str(m.get("content", "")) for m in messages
+                                                      if m.get("role") != "assistant")  # fmt: skip
     for name in RESPONSE_COLUMNS:
         response = record[name]
         if prompt and response.lstrip().startswith(prompt):
             return f"{name} starts with the prompt (a raw HH-RLHF record?)"
         if RAW_HH_TURN in response:
             return f"{name} holds a '\\n\\nHuman:' turn (a raw HH-RLHF dialogue?)"
-        if len(response.strip()) >= 20 and response.strip() in prompt:
+        if len(response.strip()) >= 20 and response.strip() in given:
             return f"the prompt already contains {name}"
     return None
 

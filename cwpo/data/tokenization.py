@@ -8,7 +8,9 @@ How a prompt becomes text
     * a message-list prompt goes through ``tokenizer.apply_chat_template(messages, add_generation_prompt=True)``;
       a tokenizer without a chat template gets the HH-RLHF layout instead
       (``"\\n\\nHuman: ...\\n\\nAssistant:"``, and a response gets a leading space if it has none);
-    * a text prompt is used as it is, unless ``chat_template_for_text=True`` (then it is one user message).
+    * a text prompt is used as it is, unless ``chat_template_for_text=True`` (then it is one user message);
+      a text prompt that already holds the template's special tokens (``<|im_start|>``) was rendered by it and is
+      used as it is, never templated a second time.
     Text produced by a chat template already holds its special tokens (BOS included), so it is tokenised with
     ``add_special_tokens=False``; a plain text prompt gets the tokenizer's own leading specials (BOS). With a
     chat template, responses lose leading whitespace (the template ends the prompt with the assistant header).
@@ -57,7 +59,7 @@ from cwpo.io import atomic_path, stable_hash
 logger = logging.getLogger(__name__)
 
 # Bump when the tokenised output changes for the same inputs (invalidates caches).
-TOKENIZE_VERSION = 1
+TOKENIZE_VERSION = 2
 TRUNCATION_POLICIES = ("drop", "keep_end")
 STYLES = ("auto", "decoder", "encoder")
 _BATCH = 512
@@ -151,9 +153,23 @@ class PairTokenizer:
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
         if self.config.chat_template_for_text and not self.has_template:
             raise ConfigError("chat_template_for_text=True but the tokenizer has no chat template")
+        self.template_markers = self._template_markers() if self.has_template and style == "decoder" else ()
+
+    def _template_markers(self) -> tuple[str, ...]:
+        """The special tokens the chat template writes around a user message (``<|im_start|>``, ``<|im_end|>``):
+        a text prompt holding one was rendered by a template already."""
+        rendered = self.tokenizer.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
+                                                      tokenize=False)  # fmt: skip
+        specials = {str(t) for t in getattr(self.tokenizer, "all_special_tokens", [])}
+        specials |= {str(t) for t in self.tokenizer.get_added_vocab()}
+        return tuple(sorted(t for t in specials if len(t) > 1 and t in rendered))
 
     def prompt_text(self, prompt: str | list[dict[str, str]]) -> tuple[str, bool]:
         """The prompt as the text the model reads, and whether a chat template produced it."""
+        if isinstance(prompt, str) and any(marker in prompt for marker in self.template_markers):
+            # Already rendered by the chat template (e.g. a file of templated text): applying it again would nest a
+            # second system turn and header around it, and a BOS before it would be a second one.
+            return prompt, True
         if isinstance(prompt, str) and not self.config.chat_template_for_text:
             return prompt, False
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt

@@ -92,7 +92,7 @@ def summary_table(summary: Sequence[Mapping[str, Any]]) -> str:
 
 
 def comparison_table(results: Sequence[Mapping[str, Any]]) -> str:
-    names = {"gra": "GRA (points)", "gold_reward": "mean gold reward"}
+    names = {"gra": "GRA (points)", "gold_reward": "mean gold reward", "heldout": "held-out acc. vs human (points)"}
     lines = ["| a − b | metric | diff | 95 % CI | p | pairs |", "|---|---|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['a']} − {r['b']} | {names.get(r['metric'], r['metric'])} | {r['diff']:+.2f} "

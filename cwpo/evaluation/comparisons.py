@@ -3,7 +3,9 @@
 Two methods trained with the same seed answer the same test prompts, so each (seed, prompt) gives one paired
 difference: in gold reward (``gold_reward``: reward of a's answer − reward of b's), and in winning against the own
 SFT model (``gra``: 100 × [a's answer beats its SFT answer] − 100 × [b's answer beats its SFT answer], so the mean
-is the difference in GRA in points). The estimate is the mean difference over every (seed, prompt); the 95 % CI
+is the difference in GRA in points), and, on data without a gold model, in held-out preference accuracy
+(``heldout``: 100 × [a's implicit reward orders a test pair as the human did] − the same for b, paired by (seed, test
+pair)). The estimate is the mean difference over every (seed, prompt); the 95 % CI
 is the percentile bootstrap over (seed, prompt) units, and the p-value the two-sided bootstrap test of a zero mean
 (``2 × min(P*(d ≤ 0), P*(d ≥ 0))`` on the resamples centred on the null, with the ``+1`` correction).
 """
@@ -17,7 +19,7 @@ import numpy as np
 
 from cwpo.errors import DataError
 
-METRICS = ("gra", "gold_reward")
+METRICS = ("gra", "gold_reward", "heldout")
 
 
 def paired_bootstrap(diffs: Sequence[float], *, n_resamples: int = 4000, seed: int = 0) -> dict[str, float]:
@@ -39,6 +41,8 @@ def _per_prompt(row: Mapping[str, Any], metric: str) -> list[float] | None:
     values = row.get("per_prompt") or {}
     if metric == "gra":
         return None if "outcome" not in values else [100.0 * (o > 0) for o in values["outcome"]]
+    if metric == "heldout":
+        return values.get("heldout")
     return values.get("reward")
 
 
@@ -83,7 +87,7 @@ def comparisons(rows: Sequence[Mapping[str, Any]], pairs: Sequence[tuple[str, st
 
 def significance_sentence(results: Sequence[Mapping[str, Any]], alpha: float = 0.05) -> str:
     """Which differences are significant at ``alpha`` (two-sided), in words."""
-    names = {"gra": "GRA", "gold_reward": "mean gold reward"}
+    names = {"gra": "GRA", "gold_reward": "mean gold reward", "heldout": "held-out preference accuracy"}
     significant = [r for r in results if r["p"] < alpha]
     if not significant:
         return f"No difference is significant at p < {alpha}."

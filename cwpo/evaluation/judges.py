@@ -24,10 +24,11 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 
 from cwpo.errors import ConfigError, CwpoError
+from cwpo.evaluation.llm_judge import flatten_prompt
 
 Prompt = str | list[dict[str, str]]
 
-JudgeKind = Literal["reward_model", "steamshp", "synthetic_gold"]
+JudgeKind = Literal["reward_model", "steamshp", "llm", "synthetic_gold"]
 
 
 @runtime_checkable
@@ -116,13 +117,6 @@ def as_messages(prompt: Prompt) -> list[dict[str, str]]:
 
         return dialogue_to_messages(prompt)
     return [{"role": "user", "content": prompt.strip()}]
-
-
-def flatten_prompt(prompt: Prompt) -> str:
-    """Plain text for a prompt: text as is, messages as ``"role: content"`` lines."""
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
 
 
 def _default_device(model) -> torch.device:
@@ -396,20 +390,34 @@ def load_judge(kind: JudgeKind, spec=None, **kwargs) -> Judge | PairwiseJudge:
     """Build a gold judge by kind.
 
     Args:
-        kind: ``"reward_model"`` (:class:`SequenceClassifierJudge`), ``"steamshp"`` (:class:`SteamSHPJudge`) or
+        kind: ``"reward_model"`` (:class:`SequenceClassifierJudge`), ``"steamshp"`` (:class:`SteamSHPJudge`),
+            ``"llm"`` (:class:`cwpo.evaluation.llm_judge.LLMJudge` over an OpenAI-compatible endpoint, no spec) or
             ``"synthetic_gold"`` (:func:`synthetic_gold_judge`, no spec).
         spec: a :class:`cwpo.models.ModelSpec`, hub name or dict, for the model judges.
-        **kwargs: passed to the judge's constructor.
+        **kwargs: passed to the judge's constructor; for ``llm`` the fields of
+            :class:`cwpo.evaluation.llm_judge.LLMJudgeConfig` (``base_url`` and ``model`` at least).
     """
     if kind == "synthetic_gold":
         return synthetic_gold_judge()
+    if kind == "llm":
+        import dataclasses
+
+        from cwpo.evaluation.llm_judge import LLMJudge, LLMJudgeConfig
+
+        if spec is not None:
+            raise ConfigError("the llm judge takes no model spec: give base_url and model (an OpenAI-compatible API)")
+        names = {f.name for f in dataclasses.fields(LLMJudgeConfig)}
+        unknown, missing = sorted(set(kwargs) - names), sorted({"base_url", "model"} - set(kwargs))
+        if unknown or missing:
+            raise ConfigError(f"llm judge: unknown settings {unknown}, missing {missing}; settings: {sorted(names)}")
+        return LLMJudge(LLMJudgeConfig(**kwargs))
     if spec is None:
         raise ConfigError(f"judge kind {kind!r} needs a model spec")
     if kind == "reward_model":
         return SequenceClassifierJudge.from_spec(spec, **kwargs)
     if kind == "steamshp":
         return SteamSHPJudge.from_spec(spec, **kwargs)
-    raise ConfigError(f"unknown judge kind {kind!r}; expected reward_model, steamshp or synthetic_gold")
+    raise ConfigError(f"unknown judge kind {kind!r}; expected reward_model, steamshp, llm or synthetic_gold")
 
 
 def judge_compare(

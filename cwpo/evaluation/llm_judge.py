@@ -30,6 +30,14 @@ import torch
 
 from cwpo.errors import ConfigError, CwpoError
 
+
+def flatten_prompt(prompt: str | list[dict[str, str]]) -> str:
+    """Plain text for a prompt: text as is, messages as ``"role: content"`` lines."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
 log = logging.getLogger(__name__)
 
 HELPFUL_HARMLESS_TEMPLATE = """\
@@ -159,7 +167,6 @@ class LLMJudge:
 
     def ask(self, prompt: Any, response_a: str, response_b: str) -> str:
         """The judge's reply text for one ordered pair."""
-        from cwpo.evaluation.judges import flatten_prompt
 
         content = self.config.template.format(
             prompt=flatten_prompt(prompt), response_a=response_a, response_b=response_b

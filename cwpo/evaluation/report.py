@@ -233,6 +233,7 @@ def build_report(
     title: str = "CW-PO results",
     metric: str = "gra",
     decimals: int = 1,
+    sections: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write the report files into ``out_dir`` and return their paths by name.
 
@@ -248,10 +249,14 @@ def build_report(
         config_text: the config file text, or ``{file name: text}`` for several.
         annotated_records: the annotator's output on ``D_U``, for the confidence plots.
         title: the page title.
-        metric: the row key tabulated and plotted.
+        metric: the row key tabulated and plotted; ``gra`` falls back to ``heldout_human_accuracy`` when no row has a
+            GRA (a run without a judge).
         decimals: digits after the point in the tables.
+        sections: further markdown lines, put before the commands (e.g. the pipeline's no-gold sections).
     """
     rows = [dict(r) for r in rows]
+    if metric == "gra" and rows and not any("gra" in r for r in rows):
+        metric = "heldout_human_accuracy"
     out = Path(out_dir)
     # the pipeline's rows name the method (``cw-dpo``) and its table cell (``family``, ``objective``)
     grid_rows = [{**r, "method": r.get("family", r["method"]), **({"ties": r["ties_pct"]} if "ties_pct" in r else {})}
@@ -267,7 +272,7 @@ def build_report(
         "json": out / "results.json",
         "plot": out / "gra_by_method.png",
     }
-    label = "GRA (%)" if metric == "gra" else metric
+    label = {"gra": "GRA (%)", "heldout_human_accuracy": "held-out accuracy vs human (%)"}.get(metric, metric)
     plot_metric_by_method(summary, paths["plot"], ylabel=label)
     records = None
     if annotated_records is not None:
@@ -320,6 +325,8 @@ def build_report(
         lines += ["", f"![confidence histogram]({paths['confidence_hist'].name})"]
         if "agreement_plot" in paths:
             lines.append(f"![agreement vs confidence]({paths['agreement_plot'].name})")
+    if sections:
+        lines += ["", *sections]
     lines += ["", "## Reproduce", ""]
     if commands_list:
         lines += _fenced("\n".join(commands_list), "bash")

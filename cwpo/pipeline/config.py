@@ -6,7 +6,6 @@ CW-rDPO / top-30 %, five seeds, 500 test prompts; PO settings chosen on the Huma
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,9 @@ class DataConfig:
         max_length: token budget per pair (paper: 512 for HH-RLHF).
         test_prompts: evaluate GRA on at most this many test prompts (``None``: all).
         chat_template_for_text: send text prompts through the tokenizer's chat template.
+        truncation: ``drop`` (the paper's length filter: pairs over ``max_length`` are dropped) or ``keep_end``
+            (long prompts are cut from the left, keeping their end; see :class:`cwpo.data.TokenizeConfig`), for
+            every stage that tokenises pairs.
     """
 
     dataset: Any = field(default_factory=lambda: {"name": "synthetic", "args": {"n_pairs": 2400, "n_test_pairs": 500}})
@@ -55,6 +57,7 @@ class DataConfig:
     max_length: int = 64
     test_prompts: int | None = 500
     chat_template_for_text: bool = False
+    truncation: str = "drop"
 
 
 @dataclass
@@ -71,6 +74,8 @@ class WeakConfig:
         ws_dpo_epochs: WS-DPO: DPO epochs of the weak policy on D_L.
         ws_lr: WS-DPO: learning rate of the weak policy (full fine-tuning).
         ws_beta: WS-DPO: the weak policy's β, also the scale of its implicit reward.
+        ws_backbone: WS-DPO: a :class:`cwpo.models.ModelSpec` value for the weak *causal LM* when ``backbone`` is
+            not one (an encoder annotator such as MiniLM); ``None``: ``backbone``.
     """
 
     backbone: Any = field(default_factory=_weak_backbone)
@@ -82,6 +87,7 @@ class WeakConfig:
     ws_dpo_epochs: int = 2
     ws_lr: float = 2e-3
     ws_beta: float = 0.1
+    ws_backbone: Any = None
 
 
 @dataclass
@@ -134,6 +140,10 @@ class StrongConfig:
         online_max_new_tokens: online methods: tokens sampled per response during training.
         online_temperature: online methods: sampling temperature during training.
         online_batch_size: online methods: prompts per step (one sampled pair each).
+        prefix_sharing: offline PO: one ``prompt + chosen + rejected`` row per pair, the prompt encoded once
+            (:class:`cwpo.data.prefix_collate.PrefixPairCollator`); faster for long prompts.
+        logps_impl: offline PO: ``logits`` or ``hidden`` (the LM head on response rows only), see
+            :class:`cwpo.modules.policy.PolicyModule`.
     """
 
     backbone: Any = field(default_factory=_strong_backbone)
@@ -154,6 +164,8 @@ class StrongConfig:
     online_max_new_tokens: int = 24
     online_temperature: float = 1.0
     online_batch_size: int = 32
+    prefix_sharing: bool = False
+    logps_impl: str = "logits"
 
 
 @dataclass
@@ -169,8 +181,13 @@ class EvalConfig:
             counts as ended (EOS rate), like an EOS.
         backend: ``hf`` (transformers ``generate``) or ``vllm`` (``pip install 'cwpo[vllm]'``; each model is saved
             merged first, for vLLM to load).
-        judge: ``{"kind": "synthetic_gold"}``, ``{"kind": "reward_model", "spec": ...}`` or
-            ``{"kind": "steamshp", "spec": ...}``.
+        judge: ``{"kind": "synthetic_gold"}``, ``{"kind": "reward_model", "spec": ...}``,
+            ``{"kind": "steamshp", "spec": ...}``, ``{"kind": "llm", "base_url": ..., "model": ...}`` (an
+            OpenAI-compatible endpoint, :class:`cwpo.evaluation.llm_judge.LLMJudgeConfig`), or ``None``: no judge
+            (no GRA; data without gold rewards is then judged by held-out human preferences alone).
+        max_prompt_length: keep at most this many prompt tokens when generating, cut from the left (``None``:
+            whole prompts).
+        show_generations: the report shows every method's answer to this many test prompts side by side.
     """
 
     max_new_tokens: int = 24
@@ -179,7 +196,9 @@ class EvalConfig:
     batch_size: int = 100
     stop_strings: list[str] = field(default_factory=list)
     backend: str = "hf"
-    judge: dict[str, Any] = field(default_factory=lambda: {"kind": "synthetic_gold"})
+    judge: dict[str, Any] | None = field(default_factory=lambda: {"kind": "synthetic_gold"})
+    max_prompt_length: int | None = None
+    show_generations: int = 0
 
 
 @dataclass
@@ -255,6 +274,9 @@ def config_problems(config: ExperimentConfig) -> list[str]:
     )
     data, weak, strong, ev = config.data, config.weak, config.strong, config.eval
     need(0.0 < data.split_ratio < 1.0, "data.split_ratio", f"must be in (0, 1), got {data.split_ratio}")
+    need(
+        data.truncation in ("drop", "keep_end"), "data.truncation", f"must be drop or keep_end, got {data.truncation!r}"
+    )
     need(data.max_length >= 8, "data.max_length", f"must be at least 8 tokens, got {data.max_length}")
     need(data.test_prompts is None or data.test_prompts >= 1, "data.test_prompts", f"must be >= 1 or null, got "
          f"{data.test_prompts}")  # fmt: skip
@@ -293,11 +315,16 @@ def config_problems(config: ExperimentConfig) -> list[str]:
          f"got {weak.confidence!r}")  # fmt: skip
     need(strong.reference in REFERENCE_MODES, "strong.reference", f"must be one of {list(REFERENCE_MODES)}, got "
          f"{strong.reference!r}")  # fmt: skip
-    judge = ev.judge if isinstance(ev.judge, dict) else {}
-    kinds = ("synthetic_gold", "reward_model", "steamshp")
-    need(judge.get("kind") in kinds, "eval.judge", f"kind must be one of {list(kinds)}, got {judge.get('kind')!r}")
-    if judge.get("kind") in ("reward_model", "steamshp"):
-        need(judge.get("spec") is not None, "eval.judge", f"kind {judge['kind']!r} needs a model spec")
+    if ev.judge is not None:  # None: no judge (held-out human preferences alone)
+        judge = ev.judge if isinstance(ev.judge, dict) else {}
+        kinds = ("synthetic_gold", "reward_model", "steamshp", "llm")
+        need(judge.get("kind") in kinds, "eval.judge", f"kind must be one of {list(kinds)} or the judge null, got "
+             f"{judge.get('kind')!r}")  # fmt: skip
+        if judge.get("kind") in ("reward_model", "steamshp"):
+            need(judge.get("spec") is not None, "eval.judge", f"kind {judge['kind']!r} needs a model spec")
+        if judge.get("kind") == "llm":
+            need(bool(judge.get("base_url")) and bool(judge.get("model")), "eval.judge", "kind 'llm' needs base_url "
+                 "and model (an OpenAI-compatible endpoint)")  # fmt: skip
     problems += _source_problems(config)
     return problems
 
@@ -371,18 +398,15 @@ def unk_rate(tokenizer, texts: list[str]) -> float:
 def data_problems(config: ExperimentConfig) -> list[str]:
     """What a sample of the data tells: the tokenizers (and the synthetic gold judge's vocabulary) read it."""
     from cwpo.data import load_part
+    from cwpo.data.report import quiet_reports
     from cwpo.errors import CwpoError
     from cwpo.models import as_model_spec, load_tokenizer
 
-    data_log = logging.getLogger("cwpo.data")  # the stage that reads the data reports its counts; not this look
-    level = data_log.level
-    data_log.setLevel(logging.WARNING)
     try:
-        sample = load_part(config.data.dataset, "train")
+        with quiet_reports():  # the stage that reads the data reports its counts; not this look
+            sample = load_part(config.data.dataset, "train")
     except CwpoError as err:
         return [f"data.dataset: {err}"]
-    finally:
-        data_log.setLevel(level)
     rows = sample.select(range(min(SAMPLE_PAIRS, len(sample))))
     texts = [_text(r["prompt"]) + " " + _text(r["chosen"]) for r in rows]
     problems = []

@@ -21,7 +21,7 @@ import torch
 
 from cwpo.errors import ConfigError
 from cwpo.io import plain_data, write_json
-from cwpo.models import ModelSpec, as_model_spec, hidden_size
+from cwpo.models import ModelSpec, as_model_spec, hidden_size, packaged_model_path
 from cwpo.modules.optim import OptimConfig
 from cwpo.pipeline.config import ExperimentConfig
 from cwpo.pipeline.console import LOGGERS, finish_wandb, stage_bar, stage_logger
@@ -42,31 +42,44 @@ CARD_METRICS = ("gra", "gra_se", "wins", "ties", "losses", "mean_gold_reward", "
 # Trainer settings (trainer, precision and, for precision=auto, the backbone's width) and the datamodules' own
 # fields are read by every training stage.
 _WEAK_TRAINER = ("trainer", "precision", "weak.backbone")
+_WS_TRAINER = ("trainer", "precision", "weak.backbone", "weak.ws_backbone")  # WS-DPO's weak causal LM
 _STRONG_TRAINER = ("trainer", "precision", "strong.backbone")
-_DATAMODULE = ("data.dataset", "data.max_length", "data.chat_template_for_text")
+_DATAMODULE = ("data.dataset", "data.max_length", "data.chat_template_for_text", "data.truncation")
 _SPLIT = ("data.split_ratio",)  # read by the stages that train on or label D_L / D_U
 ANNOTATOR_READS = (*_WEAK_TRAINER, *_DATAMODULE, *_SPLIT, "weak.epochs", "weak.batch_size", "weak.lr")
 ANNOTATE_READS = (*_WEAK_TRAINER, *_DATAMODULE, *_SPLIT, "weak.confidence")
-WS_SFT_READS = (*_WEAK_TRAINER, *_DATAMODULE, *_SPLIT, "weak.ws_sft_epochs", "weak.ws_lr", "weak.batch_size",
+WS_SFT_READS = (*_WS_TRAINER, *_DATAMODULE, *_SPLIT, "weak.ws_sft_epochs", "weak.ws_lr", "weak.batch_size",
                 "strong.warmup_steps")  # fmt: skip
-_POLICY = ("strong.reference", "strong.tau", "strong.epsilon", "strong.warmup_steps")  # PolicyModule's shared args
-WS_POLICY_READS = (*_WEAK_TRAINER, *_DATAMODULE, *_SPLIT, *_POLICY, "weak.ws_dpo_epochs", "weak.ws_lr",
+_OFFLINE_SPEED = ("strong.prefix_sharing", "strong.logps_impl")  # the offline PolicyModule only
+_POLICY = ("strong.reference", "strong.tau", "strong.epsilon", "strong.warmup_steps", *_OFFLINE_SPEED)  # fmt: skip
+WS_POLICY_READS = (*_WS_TRAINER, *_DATAMODULE, *_SPLIT, *_POLICY, "weak.ws_dpo_epochs", "weak.ws_lr",
                    "weak.ws_beta", "weak.batch_size")  # fmt: skip
-WS_ANNOTATE_READS = ("weak.backbone", *_DATAMODULE, *_SPLIT, "weak.ws_beta", "weak.confidence")
+WS_ANNOTATE_READS = (*_DATAMODULE, *_SPLIT, "weak.ws_beta", "weak.confidence")
 PRETRAIN_READS = (*_STRONG_TRAINER, *_DATAMODULE, "strong.pretrain", "strong.warmup_steps")
 SFT_READS = (*_STRONG_TRAINER, *_DATAMODULE, "strong.sft_lora", "strong.sft_epochs", "strong.sft_lr",
              "strong.batch_size", "strong.warmup_steps")  # fmt: skip
 PO_READS = (*_STRONG_TRAINER, *_DATAMODULE, *_POLICY, "strong.po_lora", "strong.po_epochs", "strong.po_lr",
             "strong.beta")  # fmt: skip
-ONLINE_PO_READS = (*PO_READS, "strong.online_max_new_tokens", "strong.online_temperature",
-                   "strong.online_batch_size", "eval.judge")  # fmt: skip
+ONLINE_PO_READS = (*(r for r in PO_READS if r not in _OFFLINE_SPEED), "strong.online_max_new_tokens",
+                   "strong.online_temperature", "strong.online_batch_size", "eval.judge")  # fmt: skip
 GENERATE_READS = (*_STRONG_TRAINER, "data.dataset", "data.test_prompts", "data.chat_template_for_text",
                   "eval.max_new_tokens", "eval.temperature", "eval.top_p", "eval.batch_size", "eval.stop_strings",
-                  "eval.backend")  # fmt: skip
-HELDOUT_READS = ("strong.backbone", *_DATAMODULE)
+                  "eval.backend", "eval.max_prompt_length")  # fmt: skip
+TEST_LOGPS_READS = (*_STRONG_TRAINER, *_DATAMODULE, "strong.logps_impl")  # one model's log-probs of the test pairs
+HELDOUT_READS: tuple[str, ...] = ()  # two test_logps tables compared: what they read is in their keys
+DEQUANTIZE_READS: tuple[str, ...] = ()  # the GGUF spec is the stage's input
 # Fields no stage reads: they decide which stages run (seeds, methods; the method and the seed are in the stages'
 # inputs), where they go (run_dir), the report's title (name) and speed (torch_threads).
-ORCHESTRATION_FIELDS = ("name", "run_dir", "seeds", "methods", "torch_threads", "logger", "verbose")
+ORCHESTRATION_FIELDS = (
+    "name",
+    "run_dir",
+    "seeds",
+    "methods",
+    "torch_threads",
+    "logger",
+    "verbose",
+    "eval.show_generations",
+)
 
 
 def _spec(value: Any, seed: int) -> ModelSpec:
@@ -142,6 +155,8 @@ class Experiment:
         self._annotator_stages: dict[int, StageResult] = {}
         self._pretrained: StageResult | None = None
         self._annotate_stages: dict[int, StageResult] = {}
+        self._annotate_test_stages: dict[int, StageResult] = {}
+        self._materialised: dict[str, StageResult] = {}
         self._trainers: dict[str, dict[str, Any]] = {}
         self._check_logger()
         # progress bars inside long stages (training, annotation, generation): on a terminal, or when asked for
@@ -156,6 +171,12 @@ class Experiment:
     @property
     def strong_trainer(self) -> dict[str, Any]:
         return self._stage_trainer(self.config.strong.backbone)
+
+    @property
+    def ws_trainer(self) -> dict[str, Any]:
+        """WS-DPO's weak causal LM: the annotator's backbone unless ``weak.ws_backbone`` names another model."""
+        ws = self.config.weak.ws_backbone
+        return self.weak_trainer if ws is None else self._stage_trainer(ws)
 
     def _stage_trainer(self, backbone: Any) -> dict[str, Any]:
         from cwpo.io import stable_hash
@@ -197,6 +218,7 @@ class Experiment:
             split_seed=seed,
             max_length=data.max_length,
             chat_template_for_text=data.chat_template_for_text,
+            truncation=data.truncation,
             batch_size=batch_size,
             seed=seed,
             **kw,
@@ -239,9 +261,13 @@ class Experiment:
 
         return self.stages.run("annotator", inputs, fit, reads=ANNOTATOR_READS)
 
-    def annotate(self, seed: int, annotator: StageResult) -> StageResult:
+    def annotate(self, seed: int, annotator: StageResult, part: str = "d_u") -> StageResult:
+        """The annotator's labels and confidences on ``part``: D_U (what weak-label methods train on), or the test
+        part (``annotate_test``: its held-out agreement with human labels, never trained on)."""
         weak = self.config.weak
         inputs = {"seed": seed, "annotator": annotator.key}
+        name = "annotate" if part == "d_u" else f"annotate_{part}"
+        output = f"{part}_labelled.jsonl"
 
         def label(folder: Path) -> dict[str, Any]:
             from cwpo.annotation.annotate import annotate_dataset
@@ -249,13 +275,14 @@ class Experiment:
             result = annotate_dataset(
                 str(annotator.path / "annotator"),
                 self.config.data.dataset,
-                folder / "d_u_labelled.jsonl",
-                part="d_u",
+                folder / output,
+                part=part,
                 split_ratio=self.config.data.split_ratio,
                 split_seed=seed,
                 confidence=weak.confidence,
                 batch_size=64,
                 max_length=self.config.data.max_length,
+                truncation=self.config.data.truncation,
                 chat_template_for_text=self.config.data.chat_template_for_text,
                 report_dir=folder,
                 progress=self.bars,
@@ -265,21 +292,22 @@ class Experiment:
                     "pairs_per_second": result.pairs_per_second}  # fmt: skip
 
         # A kill mid-stage keeps the scores done so far: annotate resumes from its parts (their manifest is checked).
-        return self.stages.run("annotate", inputs, label, keep=("d_u_labelled.jsonl.parts",), reads=ANNOTATE_READS)
+        return self.stages.run(name, inputs, label, keep=(f"{output}.parts",), reads=ANNOTATE_READS)
 
     # -- WS-DPO: the weak model as a DPO policy, labelling by its implicit reward ---------------------------
     def ws_labels(self, seed: int) -> StageResult:
         weak = self.config.weak
-        sft = self._sft_stage("ws_sft", {"seed": seed}, WS_SFT_READS, self.weak_trainer, _spec(weak.backbone, seed),
+        backbone = weak.backbone if weak.ws_backbone is None else weak.ws_backbone
+        sft = self._sft_stage("ws_sft", {"seed": seed}, WS_SFT_READS, self.ws_trainer, self._start_spec(backbone, seed),
                               None, self.config.data.dataset, "d_l", seed, weak.ws_sft_epochs, weak.ws_lr,
                               weak.batch_size)  # fmt: skip
         policy_inputs = {"seed": seed, "sft": sft.key}
 
         def train_policy(folder: Path) -> dict[str, Any]:
-            self._fit_policy(folder, self._sft_model(sft, weak.backbone, seed), None, MethodSpec("ws", "human"),
+            self._fit_policy(folder, self._sft_model(sft, backbone, seed), None, MethodSpec("ws", "human"),
                              self.config.data.dataset, "d_l", seed, epochs=weak.ws_dpo_epochs, lr=weak.ws_lr,
                              beta=weak.ws_beta, batch_size=weak.batch_size,
-                             trainer=self.weak_trainer)  # fmt: skip
+                             trainer=self.ws_trainer)  # fmt: skip
             return {}
 
         policy = self.stages.run("ws_policy", policy_inputs, train_policy, reads=WS_POLICY_READS)
@@ -290,7 +318,7 @@ class Experiment:
         def label(folder: Path) -> dict[str, Any]:
             from cwpo.pipeline.implicit import label_by_implicit_reward
 
-            reference = self._sft_model(sft, weak.backbone, seed)
+            reference = self._sft_model(sft, backbone, seed)
             d_u = self._datamodule("PairDataModule", self.config.data.dataset, reference[0], "d_u", seed, 64,
                                    group_by_length=False)  # fmt: skip
             return label_by_implicit_reward(reference, policy.path / "model", d_u, folder, beta=weak.ws_beta,
@@ -327,7 +355,7 @@ class Experiment:
         if (sft.path / "model").exists():
             # The seed still matters for a saved model: it seeds the PO LoRA adapter's init (build_causal_lm).
             return ModelSpec(str(sft.path / "model"), seed=seed), None
-        base = self._strong_start(seed) if backbone is self.config.strong.backbone else _spec(backbone, seed)
+        base = self._strong_start(seed) if backbone is self.config.strong.backbone else self._start_spec(backbone, seed)
         return base, str(sft.path / "adapter")
 
     def pretrain(self) -> StageResult | None:
@@ -373,7 +401,32 @@ class Experiment:
         """The strong model SFT starts from: the pretrained model when there is a pretraining stage."""
         if self._pretrained is not None:
             return ModelSpec(str(self._pretrained.path / "model"), seed=_spec(self.config.strong.backbone, seed).seed)
-        return _spec(self.config.strong.backbone, seed)
+        return self._start_spec(self.config.strong.backbone, seed)
+
+    def _start_spec(self, backbone: Any, seed: int) -> ModelSpec:
+        """``_spec(backbone, seed)``, but a GGUF checkpoint is dequantised once (stage ``dequantize``: float weights
+        and tokenizer saved as a plain model folder, with any ``config`` override such as fewer layers applied), so
+        every later stage loads it in a second instead of dequantising it again (about 12 s for SmolLM2-135M)."""
+        spec = _spec(backbone, seed)
+        packaged = spec.name_or_path.startswith("package:") and packaged_model_path(
+            spec.name_or_path.removeprefix("package:")).is_file()  # fmt: skip
+        if spec.from_scratch or not (spec.gguf_file or packaged):
+            return spec
+        identity = {k: v for k, v in spec.identity().items() if k != "seed"}
+        key = json.dumps(identity, sort_keys=True)
+        stage = self._materialised.get(key)
+        if stage is None:
+
+            def save(folder: Path) -> dict[str, Any]:
+                from cwpo.models import save_dequantised
+
+                save_dequantised(spec, folder / "model")
+                return {}
+
+            stage = self.stages.run("dequantize", identity, save, reads=DEQUANTIZE_READS)
+            if not self.stages.dry:  # a planning pass runs nothing: the run itself must still dequantise
+                self._materialised[key] = stage
+        return ModelSpec(str(stage.path / "model"), dtype=spec.dtype, seed=spec.seed)
 
     def sft(self, seed: int, source: str, labels) -> StageResult:
         strong = self.config.strong
@@ -416,9 +469,12 @@ class Experiment:
             init_adapter=init_adapter,
             top_n_fraction=method.top_n_fraction,
             reference_cache_dir=str(folder / "reference_cache"),
+            prefix_sharing=self.config.strong.prefix_sharing,
+            logps_impl=self.config.strong.logps_impl,
             **self._policy_kwargs(folder, lora, method, lr=lr, beta=beta),
         )
-        data = self._datamodule("PairDataModule", dataset, spec, part, seed, batch_size)
+        data = self._datamodule("PairDataModule", dataset, spec, part, seed, batch_size,
+                                prefix_sharing=self.config.strong.prefix_sharing)  # fmt: skip
         stage, name = ("ws_policy", "weak") if method.name == "ws" else ("po", method.name)  # ws: the weak policy
         trainer = _trainer(folder, epochs, trainer, **self._outputs(folder, stage, name, seed))
         trainer.fit(module, data)
@@ -505,8 +561,7 @@ class Experiment:
         def run(folder: Path) -> dict[str, Any]:
             from cwpo.evaluation.generate import GenerationConfig, default_trainer, generate
             from cwpo.models import load_tokenizer
-            from cwpo.modules.export import merge_adapter
-            from cwpo.modules.sft import build_causal_lm
+            from cwpo.modules.causal_lm import build_causal_lm, merge_adapter
 
             spec, init_adapter = model
             lm = build_causal_lm(spec, init_adapter=init_adapter, trainable=False)
@@ -514,6 +569,7 @@ class Experiment:
                 lm = merge_adapter(lm, adapter)
             config = GenerationConfig(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, top_p=ev.top_p,
                                       seed=seed, batch_size=ev.batch_size, progress=self.bars,
+                                      max_prompt_length=ev.max_prompt_length,
                                       chat_template_for_text=self.config.data.chat_template_for_text,
                                       stop_strings=tuple(ev.stop_strings), backend=ev.backend)  # fmt: skip
             tokenizer = load_tokenizer(spec)
@@ -535,11 +591,14 @@ class Experiment:
         return self.stages.run("generate", inputs, run, reads=GENERATE_READS)
 
     def _judge(self):
+        """The configured judge, or ``None`` when ``eval.judge`` is ``None`` (no GRA then)."""
         if not hasattr(self, "_judge_cache"):
             from cwpo.evaluation.judges import load_judge
 
-            judge = dict(self.config.eval.judge)
-            self._judge_cache = load_judge(judge.pop("kind"), judge.pop("spec", None), **judge)
+            judge = None if self.config.eval.judge is None else dict(self.config.eval.judge)
+            self._judge_cache = (
+                None if judge is None else load_judge(judge.pop("kind"), judge.pop("spec", None), **judge)
+            )
         return self._judge_cache
 
     def gra(self, aligned: StageResult, sft: StageResult) -> dict[str, Any]:
@@ -556,6 +615,8 @@ class Experiment:
         prompts = [row["prompt"] for row in aligned_rows]
         answers, sft_answers = [r["response"] for r in aligned_rows], [r["response"] for r in sft_rows]
         judge = self._judge()
+        if judge is None:  # no judge: only lengths and EOS rates
+            return self._length_stats(aligned_rows, sft_rows)
         margins = judge_compare(judge, prompts, answers, sft_answers).double()
         result = pairwise_accuracy(margins)
         out = {"gra": result.gra, "ties_pct": result.ties, "gra_se": result.se, "n": result.n, "wins": result.n_wins,
@@ -568,6 +629,12 @@ class Experiment:
             out["sft_mean_gold_reward"], out["sft_gold_reward_se"] = mean_se(sft_rewards.tolist())
             out["gold_gain"], out["gold_gain_se"] = mean_se((rewards - sft_rewards).tolist())
             per_prompt |= {"reward": rewards.tolist(), "sft_reward": sft_rewards.tolist()}
+        out |= self._length_stats(aligned_rows, sft_rows)
+        out["per_prompt"] = per_prompt
+        return out
+
+    def _length_stats(self, aligned_rows: list[dict[str, Any]], sft_rows: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         limit = self.config.eval.max_new_tokens
         for prefix, rows in (("", aligned_rows), ("sft_", sft_rows)):
             tokens = [r["n_new_tokens"] for r in rows]
@@ -575,46 +642,124 @@ class Experiment:
             # as not ended)
             out[f"{prefix}mean_length"] = sum(tokens) / max(len(tokens), 1)
             out[f"{prefix}eos_rate"] = sum(t < limit for t in tokens) / max(len(tokens), 1)
-        out["per_prompt"] = per_prompt
         return out
 
-    def heldout(self, seed: int, po: StageResult, sft: StageResult, model, adapter: str | None,
-                reference_model=None, reference_adapter: str | None = None) -> StageResult:  # fmt: skip
-        """Held-out preference accuracy against gold: on the test pairs, does the policy's implicit reward
-        ``log π(y|x) − log π_SFT(y|x)`` order the two responses as the gold reward does? (Ties count as wrong.)
-        ``reference_model`` / ``reference_adapter``: the reference, when it is not ``sft``'s model (cwpo evaluate)."""
-        inputs = {"po": po.key, "sft": sft.key, "seed": seed}
+    def _test_logps(self, seed: int, key: Any, model: tuple[ModelSpec, str | None], adapter: str | None = None):
+        """Stage ``test_logps``: ``(n, 4)`` summed response log-probs and token counts of the test pairs'
+        (chosen, rejected) under one model (``key`` names it), computed once and read by every comparison."""
+        strong = self.config.strong
+        inputs = {"model": key, "seed": seed}
 
         def run(folder: Path) -> dict[str, Any]:
-            from cwpo.modules.export import merge_adapter
-            from cwpo.modules.sft import build_causal_lm
-            from cwpo.pipeline.implicit import _logps_table
+            from cwpo.modules.causal_lm import build_causal_lm, merge_adapter
+            from cwpo.modules.policy import pair_logps
+            from cwpo.modules.reference import collect_by_index, length_sorted_loader
 
-            reference = reference_model or self._sft_model(sft, self.config.strong.backbone, seed)
-            test = self._datamodule("PairDataModule", self.config.data.dataset, reference[0], "test", seed, 64,
-                                    group_by_length=False)  # fmt: skip
-            test.setup("fit")
-            ref_lm = build_causal_lm(reference[0], init_adapter=reference[1], trainable=False)
-            if reference_adapter is not None:
-                ref_lm = merge_adapter(ref_lm, reference_adapter)
-            ref = _logps_table(ref_lm, test)
             lm = build_causal_lm(model[0], init_adapter=model[1], trainable=False)
             if adapter is not None:
                 lm = merge_adapter(lm, adapter)
-            h = (_logps_table(lm, test) - ref).double()
-            margin = h[:, 0] - h[:, 1]
-            rows = test.train_dataset
-            if "gold_reward_chosen" not in rows.column_names:
-                return {}
-            gold = torch.tensor(rows["gold_reward_chosen"], dtype=torch.float64) - torch.tensor(
-                rows["gold_reward_rejected"], dtype=torch.float64
-            )
-            correct = ((margin > 0) & (gold > 0)) | ((margin < 0) & (gold < 0))
-            human = margin > 0  # loaded pairs are in human order
-            return {"heldout_gold_accuracy": 100.0 * float(correct.double().mean()),
-                    "heldout_human_accuracy": 100.0 * float(human.double().mean()), "heldout_pairs": int(h.shape[0])}  # fmt: skip
+            test = self._datamodule("PairDataModule", self.config.data.dataset, model[0], "test", seed, 64,
+                                    group_by_length=False)  # fmt: skip
+            test.setup("fit")
+            bf16 = str(self.strong_trainer.get("precision", "")).startswith("bf16")
+
+            def values(batch):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = pair_logps(lm, batch, impl=strong.logps_impl)
+                parts = (out.chosen_logps, out.rejected_logps, out.chosen_counts, out.rejected_counts)
+                return torch.stack([p.float() for p in parts], dim=1)
+
+            loader = length_sorted_loader(test.train_dataloader(), batch_size=16)
+            table = collect_by_index(loader, values, len(loader.dataset))
+            from cwpo.io import atomic_path
+
+            with atomic_path(folder / "logps.pt") as tmp:
+                torch.save({"table": table, "ids": list(test.train_dataset["id"])}, tmp)
+            return {"pairs": int(table.shape[0])}
+
+        stage = self.stages.run("test_logps", inputs, run, reads=TEST_LOGPS_READS)
+        return (None if self.stages.dry else torch.load(stage.path / "logps.pt", weights_only=True)), stage
+
+    def _test_gold_margins(self) -> torch.Tensor | None:
+        """Gold reward margins (chosen − rejected) of the tokenised test pairs, ``None`` when the data has none."""
+        if not hasattr(self, "_gold_margins"):
+            from cwpo.data import load_part
+            from cwpo.data.report import quiet_reports
+
+            with quiet_reports():  # the generation stage reports the test part's counts
+                test = load_part(self.config.data.dataset, "test")
+            self._gold_margins = None
+            if "gold_reward_chosen" in test.column_names:
+                gold = dict(zip(test["id"], (a - b for a, b in zip(test["gold_reward_chosen"],
+                                                                   test["gold_reward_rejected"], strict=True)),
+                                strict=True))  # fmt: skip
+                self._gold_margins = gold
+        return self._gold_margins
+
+    @property
+    def has_gold(self) -> bool:
+        """Whether the test pairs carry gold rewards (the synthetic task); otherwise only human labels judge."""
+        return self._test_gold_margins() is not None
+
+    def _accuracy(self, margin: torch.Tensor, ids: list[str]) -> tuple[dict[str, Any], list[float]]:
+        """Held-out accuracy of implicit-reward margins (chosen − rejected, loaded pairs in human order): vs the
+        human labels with its binomial SE, vs gold when there is gold; and the per-pair human outcomes (0/1)."""
+        from cwpo.evaluation.metrics import mean_se
+
+        human = (margin > 0).double()  # ties count as wrong
+        accuracy, se = mean_se((100.0 * human).tolist())
+        out = {"heldout_human_accuracy": accuracy, "heldout_human_se": se, "heldout_pairs": int(margin.shape[0])}
+        gold = self._test_gold_margins()
+        if gold is not None:
+            g = torch.tensor([gold[i] for i in ids], dtype=torch.float64)
+            correct = ((margin > 0) & (g > 0)) | ((margin < 0) & (g < 0))
+            out["heldout_gold_accuracy"] = 100.0 * float(correct.double().mean())
+        return out, human.tolist()
+
+    def heldout(self, seed: int, po: StageResult, sft: StageResult, model, adapter: str | None,
+                reference_model=None, reference_adapter: str | None = None) -> StageResult:  # fmt: skip
+        """Held-out preference accuracy: on the test pairs, does the policy's implicit reward
+        ``log π(y|x) − log π_SFT(y|x)`` (β > 0 does not change its sign) order the two responses as the human did,
+        and as the gold reward does when there is one? (Ties count as wrong.) Per-pair human outcomes are in
+        ``heldout.json`` for paired comparisons. ``reference_model`` / ``reference_adapter``: the reference, when
+        it is not ``sft``'s model (cwpo evaluate)."""
+        reference = reference_model or self._sft_model(sft, self.config.strong.backbone, seed)
+        ref, ref_stage = self._test_logps(seed, sft.key, reference, reference_adapter)
+        policy, policy_stage = self._test_logps(seed, po.key, model, adapter)
+        inputs = {"po": po.key, "sft": sft.key, "seed": seed, "logps": [ref_stage.key, policy_stage.key]}
+
+        def run(folder: Path) -> dict[str, Any]:
+            h = (policy["table"][:, :2] - ref["table"][:, :2]).double()
+            summary, outcomes = self._accuracy(h[:, 0] - h[:, 1], policy["ids"])
+            write_json(folder / "heldout.json", {"ids": policy["ids"], "human_correct": outcomes})
+            return summary
 
         return self.stages.run("heldout", inputs, run, reads=HELDOUT_READS)
+
+    def sft_heldout(self, seed: int, source: str, sft: StageResult) -> dict[str, Any]:
+        """Held-out preference accuracy of an SFT model, which has no DPO reference of its own: its implicit reward
+        against the model it started from, ``log π_SFT(y|x) − log π_base(y|x)`` (the SFT adapter's log-ratio), and,
+        beside it, the plain length-normalised log-likelihood ``log π_SFT(y|x) / |y|`` (no reference)."""
+        backbone = self.config.strong.backbone
+        base, base_stage = self._test_logps(seed, {"base": plain_data(backbone),
+                                                   "pretrain": None if self._pretrained is None
+                                                   else self._pretrained.key}, (self._strong_start(seed), None))  # fmt: skip
+        model, _ = self._test_logps(seed, sft.key, self._sft_model(sft, backbone, seed))
+        if self.stages.dry:  # planning: the stages only
+            return {}
+        ratio = (model["table"][:, :2] - base["table"][:, :2]).double()
+        out, outcomes = self._accuracy(ratio[:, 0] - ratio[:, 1], model["ids"])
+        table = model["table"].double()
+        normalised = table[:, 0] / table[:, 2].clamp(min=1) - table[:, 1] / table[:, 3].clamp(min=1)
+        length_norm, _ = self._accuracy(normalised, model["ids"])
+        base_table = base["table"].double()
+        base_norm, _ = self._accuracy(base_table[:, 0] / base_table[:, 2].clamp(min=1)
+                                      - base_table[:, 1] / base_table[:, 3].clamp(min=1), base["ids"])  # fmt: skip
+        return {"method": f"sft ({source} labels)", "seed": seed, **out,
+                "length_normalised_accuracy": length_norm["heldout_human_accuracy"],
+                "length_normalised_se": length_norm["heldout_human_se"],
+                "base_length_normalised_accuracy": base_norm["heldout_human_accuracy"],
+                "per_pair": outcomes}  # fmt: skip
 
     def label_stats(self, method: MethodSpec, labels) -> dict[str, Any]:
         """How the pairs a method trains on agree with the gold order and with the human labels, each pair counted
@@ -673,6 +818,48 @@ class Experiment:
         update_card(folder, **({"title": title} if title else {}), datasets=[dataset], eval=evals, eval_dataset=test)
 
     # -- everything -----------------------------------------------------------------------------------------
+    def stage_times(self) -> list[dict[str, Any]]:
+        """Every stage this run computed or reused, in order, with the wall seconds it took when computed (read
+        from its ``DONE.json``); also written to ``<run_dir>/stage_times.json``."""
+        times = []
+        labels = dict.fromkeys(self.stages.computed, True)  # a stage read again after computing it stays computed
+        for label in self.stages.reused:
+            labels.setdefault(label, False)
+        for label, computed in labels.items():
+            marker = self.run_dir / label / "DONE.json"
+            seconds = json.loads(marker.read_text()).get("seconds") if marker.exists() else None
+            name, key = label.split("/", 1)
+            times.append({"stage": name, "key": key, "seconds": seconds, "computed": computed,
+                          "mtime": marker.stat().st_mtime if marker.exists() else 0.0})  # fmt: skip
+        times.sort(key=lambda t: t.pop("mtime"))
+        write_json(self.run_dir / "stage_times.json", times)
+        return times
+
+    def report_sections(self, out: Path, rows: list[dict[str, Any]]) -> list[str]:
+        """Extra report sections: without a gold model, held-out accuracy vs the human labels (aligned and SFT
+        models), its paired comparisons, the annotator on the test pairs and the generations side by side; and,
+        always, the wall time of every stage."""
+        from cwpo.evaluation.heldout_report import no_gold_sections, stage_times_table
+
+        lines: list[str] = []
+        if not self.has_gold:
+            test = [json.loads(line) for s in self._annotate_test_stages.values()
+                    for line in (s.path / "test_labelled.jsonl").read_text().splitlines() if line]  # fmt: skip
+            out.mkdir(parents=True, exist_ok=True)
+            lines += no_gold_sections(rows, getattr(self, "sft_rows", []), out, annotated_test=test or None,
+                                      generation_files=getattr(self, "generation_files", {}),
+                                      show_generations=self.config.eval.show_generations)  # fmt: skip
+        elif self.config.eval.show_generations:
+            from cwpo.evaluation.heldout_report import generations_section
+
+            lines += [
+                "## Generations",
+                "",
+                *generations_section(self.generation_files, self.config.eval.show_generations),
+            ]
+        lines += ["", "## Wall time per stage", "", *stage_times_table(self.stage_times())]
+        return lines
+
     def plan(self) -> list[dict[str, Any]]:
         """Every stage :meth:`run` will run, with its key and whether it is done, computed without running any
         (a dry pass of :meth:`run`); ``index.json`` is written from it."""
@@ -691,6 +878,10 @@ class Experiment:
             torch.set_num_threads(self.config.torch_threads)
         rows = []
         sources = {m.labels for m in self.methods}
+        self.sft_rows: list[dict[str, Any]] = []  # no gold: the SFT models' held-out accuracy
+        self.generation_files: dict[str, Path] = {}  # first seed's generations, by method (and ``sft (<labels>)``)
+        with self.stages.outside():  # whether the test pairs carry gold rewards: decides which stages run
+            has_gold = self.has_gold
         with _quiet(self.config.verbose):
             self._pretrained = self.pretrain()
             for seed in self.config.seeds:
@@ -704,6 +895,8 @@ class Experiment:
                                          "weak_label_agreement": weak.summary.get("agreement")}  # fmt: skip
                     with self.stages.outside():  # the card: read by no stage
                         self._card(annotator.path / "annotator", row=annotator_summary)
+                    if not has_gold:  # no gold model: the annotator is judged on the held-out human labels
+                        self._annotate_test_stages[seed] = self.annotate(seed, annotator, "test")
                 if "ws" in sources:
                     ws = self.ws_labels(seed)
                 sft_stages, sft_generations = {}, {}
@@ -714,6 +907,13 @@ class Experiment:
                     sft_generations[source] = self.generate(
                         seed, sft, self._sft_model(sft, self.config.strong.backbone, seed), None
                     )
+                    self.generation_files.setdefault(
+                        f"sft ({source})", sft_generations[source].path / "generations.jsonl"
+                    )
+                    if not has_gold:
+                        heldout_row = self.sft_heldout(seed, source, sft)
+                        if not self.stages.dry:
+                            self.sft_rows.append(heldout_row)
                 for method in self.methods:
                     labels = self._labels(method.labels, seed, weak, ws)
                     sft = sft_stages[method.labels]
@@ -727,11 +927,16 @@ class Experiment:
                     if self.stages.dry:
                         continue
                     family, objective = method_family(method)
+                    self.generation_files.setdefault(method.name, generation.path / "generations.jsonl")
                     with self.stages.outside():  # the report's rows and the model cards: read by no stage
                         rows.append({"method": method.name, "family": family, "objective": objective, "seed": seed,
                                      **self.gra(generation, sft_generations[method.labels]),
                                      **self.label_stats(method, labels), **(heldout.summary if heldout else {}),
                                      **annotator_summary})  # fmt: skip
+                        if heldout is not None and not has_gold:  # per-pair outcomes for the paired comparisons
+                            outcomes = json.loads((heldout.path / "heldout.json").read_text())["human_correct"]
+                            rows[-1]["per_prompt"] = rows[-1].get("per_prompt", {}) | {
+                                "heldout": [100.0 * v for v in outcomes]}  # fmt: skip
                         self._card(po.path / ("adapter" if adapter else "model"), row=rows[-1],
                                    title=f"{family} {objective} policy (cwpo method {method.name}, seed {seed})")  # fmt: skip
         finish_wandb()

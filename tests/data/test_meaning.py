@@ -53,6 +53,20 @@ def test_responses_that_overlap_the_prompt_are_refused_unless_allowed(tmp_path, 
     assert len(loaded) == 2 and get_filter_report(loaded).notes == {"prompt_overlap": 1}
 
 
+def test_an_assistant_repeating_an_earlier_reply_is_real_dialogue(tmp_path):
+    """HH-RLHF's assistant often repeats itself: a response equal to an earlier *assistant* turn of a message prompt
+    loads (the pipeline reloads its labelled D_U this way); the same text in a *user* turn is still refused."""
+    reply = "Let me look into it. I'll get back to you with some ideas."
+    dialogue = [{"role": "user", "content": "How do I do that?"}, {"role": "assistant", "content": reply},
+                {"role": "user", "content": "What ideas?"}]  # fmt: skip
+    path = _write(tmp_path / "repeat.jsonl", [{"prompt": dialogue, "chosen": reply, "rejected": "No."}])
+    assert load_local(path)[0]["chosen"] == reply
+    quoted = [{"role": "user", "content": f"Answer exactly: {reply}"}]
+    path = _write(tmp_path / "quoted.jsonl", [{"prompt": quoted, "chosen": reply, "rejected": "No."}])
+    with pytest.raises(DataError, match="the prompt already contains chosen"):
+        load_local(path)
+
+
 def test_row_numbers_are_file_lines_after_blank_and_dropped_lines(tmp_path):
     """Line 0 kept, line 1 dropped (empty response), line 2 blank, line 3 kept, line 4 repeats line 3's id."""
     rows = [_pair(0, id="a"), _pair(1, id="b", chosen=""), _pair(3, id="c"), _pair(4, id="c")]

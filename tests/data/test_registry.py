@@ -59,6 +59,21 @@ def test_local_file_with_held_out_test(tmp_path):
     assert len(load_part(str(path), "all")) == 50
 
 
+def test_test_fraction_splits_a_loaders_one_file_into_train_and_test(hh_harmless_test_path):
+    """The local HH-RLHF file is the loader's only split: ``test_fraction`` hash-splits it (by id) into a training
+    part and a held-out test part, disjoint, the same at every call; D_L / D_U come from the training part only."""
+    spec = {"name": "harmless-base", "path": str(hh_harmless_test_path), "args": {"limit": 200},
+            "test_fraction": 0.25}  # fmt: skip
+    train, test = load_part(spec, "train"), load_part(spec, "test")
+    assert (len(train), len(test)) == (149, 50)  # 199 pairs (one of the first 200 has an empty response)
+    assert not set(train["id"]) & set(test["id"])
+    assert load_part(spec, "test")["id"] == test["id"]
+    d_l, d_u = load_part(spec, "d_l"), load_part(spec, "d_u")
+    assert set(d_l["id"]) | set(d_u["id"]) == set(train["id"]) and len(d_l) == round(0.3 * 149)
+    other = load_part({**spec, "test_seed": 1}, "test")
+    assert len(other) == 50 and set(other["id"]) != set(test["id"])
+
+
 def test_mixture_spec_with_overlapping_ids():
     """Two seeds of the synthetic task share ids: the mixture prefixes each id with its source's name."""
     spec = {

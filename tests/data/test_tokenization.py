@@ -215,3 +215,78 @@ def test_keep_end_on_a_real_over_budget_pair(hh_test, smollm2_tokenizer):
     for name in ("chosen", "rejected"):
         ids = row[f"{name}_ids"]
         assert len(ids) >= 1 and tok.decode([i for i in ids if i != tok.eos_token_id]) in row[name]
+
+
+# -- issue 14: what broke on the way to a real SmolLM2 run --------------------------------------------------------
+
+
+def test_pad_equal_to_eos_keeps_every_response_eos_in_the_loss(smollm2_tokenizer):
+    """SmolLM2 pads with its EOS (<|im_end|>): the collators' labels still hold the EOS that ends each response, so
+    SFT and DPO learn to stop (a mask built by comparing ids with the pad id would drop it)."""
+    from cwpo.data import PairCollator, SFTCollator
+
+    tok = smollm2_tokenizer
+    assert tok.pad_token_id == tok.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+    messages = [{"role": "user", "content": "Say hi."}]
+    data = _pairs([{"prompt": messages, "chosen": "Hi!", "rejected": "No, I will not say anything at all."}])
+    row = tokenize_pairs(data, tok)[0]
+    pair = PairCollator(pad_token_id=tok.pad_token_id)([row])
+    sft = SFTCollator(pad_token_id=tok.pad_token_id)([row])
+    for labels, mask, response in ((pair["labels"][0], pair["attention_mask"][0], row["chosen_ids"]),
+                                   (pair["labels"][1], pair["attention_mask"][1], row["rejected_ids"]),
+                                   (sft["labels"][0], sft["attention_mask"][0], row["chosen_ids"])):  # fmt: skip
+        kept = labels[labels != -100].tolist()
+        assert kept == response and kept[-1] == tok.eos_token_id
+        assert int(mask.sum()) == len(row["prompt_ids"]) + len(response)  # padding (also EOS ids) masked out
+    assert (pair["input_ids"][0] == tok.eos_token_id).sum() > 1  # the short row is padded with EOS ids
+
+
+def test_chat_template_is_never_applied_twice(smollm2_tokenizer):
+    """A text prompt already rendered by the chat template (with chat_template_for_text on, or off) is used as it
+    is: no second system turn and assistant header around it, and the same ids as the message prompt."""
+    tok = smollm2_tokenizer
+    messages = [{"role": "user", "content": "What is 2 + 2?"}]
+    rendered = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    expected = tokenize_pairs(_pairs([{"prompt": messages, "chosen": "4", "rejected": "5"}]), tok)[0]
+    for config in (TokenizeConfig(chat_template_for_text=True), TokenizeConfig()):
+        row = tokenize_pairs(_pairs([{"prompt": rendered, "chosen": "4", "rejected": "5"}]), tok, config)[0]
+        assert row["prompt_ids"] == expected["prompt_ids"]
+        assert row["chosen_ids"] == expected["chosen_ids"]
+        assert tok.decode(row["prompt_ids"]).count("<|im_start|>system") == 1
+    # a plain text prompt is still templated when asked
+    plain = tokenize_pairs(_pairs([{"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5"}]), tok,
+                           TokenizeConfig(chat_template_for_text=True))[0]  # fmt: skip
+    assert plain["prompt_ids"] == expected["prompt_ids"]
+
+
+def test_real_hh_dialogues_as_messages_keep_their_end_and_a_response(hh_harmless_test_path, smollm2_tokenizer):
+    """Long real HH-RLHF dialogues through SmolLM2's chat template under a small budget (keep_end): every kept pair
+    ends its prompt with the assistant header, keeps at least one response token, and the BPE boundary between
+    "<|im_start|>assistant\\n" and the response never merges (the mask is exact: no fallback); a budget that leaves
+    no room for a response drops the pair (counted) instead of keeping it with zero response tokens."""
+    from cwpo.data import load_hh_rlhf
+
+    tok = smollm2_tokenizer
+    rows = load_hh_rlhf("harmless-base", "test", path=hh_harmless_test_path, as_messages=True, limit=60)
+    config = TokenizeConfig(max_length=96, truncation="keep_end", min_prompt_tokens=64)
+    tokenized = tokenize_pairs(rows, tok, config)
+    report = get_filter_report(tokenized)
+    assert report.notes.get("boundary_fallback", 0) == 0
+    assert report.notes["truncated"] > 10  # the budget bites on many real dialogues
+    header = tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    for row in tokenized:
+        assert len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"])) <= 96
+        assert row["prompt_ids"][-len(header) :] == header
+        for name in ("chosen", "rejected"):
+            ids = row[f"{name}_ids"]
+            assert len(ids) >= 1 and ids != [tok.eos_token_id]
+            kept = [i for i in ids if i != tok.eos_token_id]
+            assert kept and row[name].startswith(tok.decode(kept))
+    # min_prompt_tokens = the whole budget: a long prompt leaves no room for a response token, so its pair is
+    # dropped and counted, never kept with an empty response (strict: a DataError naming the row)
+    tight = TokenizeConfig(max_length=64, truncation="keep_end", min_prompt_tokens=64)
+    kept = tokenize_pairs(rows, tok, tight)
+    assert get_filter_report(kept).dropped["response_truncated_to_zero"] > 10
+    assert all(len(r["chosen_ids"]) >= 1 and len(r["rejected_ids"]) >= 1 for r in kept)
+    with pytest.raises(DataError, match="response_truncated_to_zero"):
+        tokenize_pairs(rows, tok, tight, strict=True)

@@ -131,3 +131,22 @@ def test_parse_verdict(reply, verdict):
 def test_template_must_have_its_fields():
     with pytest.raises(ConfigError):
         LLMJudgeConfig(base_url="http://x", model="m", template="no fields")
+
+
+def test_load_judge_builds_the_llm_judge_the_pipeline_asks_for(server):
+    """``eval.judge: {kind: llm, base_url, model}`` goes through ``load_judge`` (as the pipeline calls it) to a working
+    LLMJudge against the local stand-in server; bad settings are one clear ConfigError."""
+    from cwpo.evaluation.judges import judge_compare, load_judge
+
+    base_url = server().config.base_url
+    judge = load_judge("llm", None, base_url=base_url, model="judge-1", max_workers=2)
+    assert isinstance(judge, LLMJudge) and judge.config.max_workers == 2
+    margins = judge_compare(judge, ["q1", "q2"], ["a helpful answer", "same"], ["no", "same"])
+    assert margins.tolist() == [1.0, 0.0]  # "helpful" wins in both orders; identical answers tie
+    assert {r["body"]["model"] for r in server.state["requests"]} == {"judge-1"}
+    with pytest.raises(ConfigError, match=r"missing \['model'\]"):
+        load_judge("llm", None, base_url=base_url)
+    with pytest.raises(ConfigError, match=r"unknown settings \['temprature'\]"):
+        load_judge("llm", None, base_url=base_url, model="m", temprature=0.0)
+    with pytest.raises(ConfigError, match="takes no model spec"):
+        load_judge("llm", {"name_or_path": "x"}, base_url=base_url, model="m")

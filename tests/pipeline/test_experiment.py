@@ -55,8 +55,11 @@ def test_crash_after_sft_resumes_there_and_one_changed_method_reruns_alone(tmp_p
     monkeypatch.setattr(Experiment, "po", real_po)
     second = Experiment(config)
     rows = second.run()
-    assert stage_names(second.stages.reused) == finished
-    assert stage_names(second.stages.computed) == ["po", "generate", "heldout"] * 3
+    # held-out accuracy reads each model's test log-probs (stage test_logps), once per model: top-30 reuses the
+    # weak-label SFT model's table that cw-dpo computed
+    assert stage_names(second.stages.reused) == [*finished, "test_logps"]
+    per_method = ["po", "generate", "test_logps", "test_logps", "heldout"]
+    assert stage_names(second.stages.computed) == per_method * 2 + ["po", "generate", "test_logps", "heldout"]
     assert [(r["method"], r["family"], r["objective"]) for r in rows] == [
         ("cw-dpo", "CW-PO", "DPO"), ("ws-dpo", "WS-DPO", "DPO"), ("top-30", "Top-30 %", "DPO")
     ]  # fmt: skip
@@ -69,8 +72,8 @@ def test_crash_after_sft_resumes_there_and_one_changed_method_reruns_alone(tmp_p
     # 3. Changing one method (top-30 -> top-40) reruns only that method's PO and generation.
     third = Experiment(micro_config(tmp_path, ["cw-dpo", "ws-dpo", "top-40"]))
     third.run()
-    assert stage_names(third.stages.computed) == ["po", "generate", "heldout"]
-    assert len(third.stages.reused) == len(finished) + 6
+    assert stage_names(third.stages.computed) == ["po", "generate", "test_logps", "heldout"]
+    assert len(third.stages.reused) == len(finished) + 11
 
 
 def test_methods_land_in_their_table_cells():

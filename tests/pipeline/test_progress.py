@@ -44,12 +44,13 @@ def test_one_progress_line_per_stage_then_all_cached(tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     lines = [m for m in map(LINE.match, first.stderr.splitlines()) if m]
     # pretrain; annotator, annotate; SFT on human and on weak labels, each with its generations; per method PO,
-    # generations, held-out accuracy.
-    n = 1 + 2 + 2 * 2 + 2 * 3
+    # generations, the test pairs' log-probs under its SFT model and under it, held-out accuracy.
+    n = 1 + 2 + 2 * 2 + 2 * 5
     assert [int(m[1]) for m in lines] == list(range(1, n + 1)) and {int(m[2]) for m in lines} == {n}
     assert all(m[6].startswith("done in") for m in lines)
     assert [m[3] for m in lines] == ["pretrain", "annotator", "annotate", "sft", "generate", "sft", "generate", "po",
-                                     "generate", "heldout", "po", "generate", "heldout"]  # fmt: skip
+                                     "generate", "test_logps", "test_logps", "heldout", "po", "generate", "test_logps",
+                                     "test_logps", "heldout"]  # fmt: skip
     who = [(m[3], m[4]) for m in lines]
     assert who[0] == ("pretrain", "(all methods)") and ("sft", "human") in who and ("po", "cw-dpo") in who
     assert all(m[5] == " seed 0" for m in lines[1:])

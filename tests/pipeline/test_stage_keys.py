@@ -54,7 +54,7 @@ def test_every_field_a_stage_reads_is_declared_and_every_declared_field_is_read(
     _, experiment, recorder = audited
     graph = experiment.stages.graph
     assert {n.name for n in graph.values()} == {"pretrain", "annotator", "annotate", "ws_sft", "ws_policy",
-                                                "ws_annotate", "sft", "generate", "po", "heldout"}  # fmt: skip
+                                                "ws_annotate", "sft", "generate", "po", "test_logps", "heldout"}  # fmt: skip
     problems = []
     for key, node in graph.items():
         read = recorder.by_key.get(f"{node.name}/{key}", set())
@@ -66,7 +66,7 @@ def test_every_field_a_stage_reads_is_declared_and_every_declared_field_is_read(
             problems.append(
                 f"{node.name} {experiment.stages.methods_of(key)}: declares unread {sorted(set(node.reads) - read)}"
             )
-    assert problems == []
+    assert problems == [], "\n".join(problems)
 
 
 def test_the_audit_can_fail(audited, monkeypatch, tmp_path):
@@ -92,6 +92,24 @@ ALTERNATIVES = {
     "eval.stop_strings": ["\n"],
     "logger": "none",
     "eval.backend": "vllm",  # planned only, so vllm need not be installed
+    "data.truncation": "keep_end",
+    "strong.logps_impl": "hidden",
+    "eval.max_prompt_length": 16,
+    "weak.ws_backbone": {
+        "name_or_path": "synthetic",
+        "from_scratch": True,
+        "seed": 7,
+        "config": {
+            "model_type": "llama",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 128,
+            "tie_word_embeddings": True,
+        },
+    },
 }
 # Values a plan cannot take another of without changing which stages exist, or that must stay what they are.
 FIXED = {
@@ -238,7 +256,7 @@ def test_a_local_data_file_edited_in_place_recomputes_its_stages(tmp_path):
     first = Experiment(config)
     first.run()
     names = sorted(label.split("/")[0] for label in first.stages.computed)
-    assert names == ["generate", "generate", "heldout", "po", "sft"]
+    assert names == ["generate", "generate", "heldout", "po", "sft", "test_logps", "test_logps"]
     again = Experiment(config)
     again.run()
     assert again.stages.computed == [] and sorted(again.stages.reused) == sorted(first.stages.computed)

@@ -279,7 +279,10 @@ def test_pipeline_rerun_after_a_failure_reuses_the_finished_stages(tmp_path, mon
     second = Experiment(config)
     rows = second.run()
     assert second.stages.reused == first.stages.computed  # SFT and the SFT model's generations
-    assert [label.split("/")[0] for label in second.stages.computed] == ["po", "generate", "heldout"]
+    # held-out accuracy reads the SFT model's and the policy's test log-probs (stage test_logps, one per model)
+    assert [label.split("/")[0] for label in second.stages.computed] == [
+        "po", "generate", "test_logps", "test_logps", "heldout"
+    ]  # fmt: skip
     assert {p: p.stat().st_mtime_ns for p in sft_dir.rglob("*") if p.is_file()} == sft_files
     assert (po_dirs[0] / "DONE.json").exists()
     assert (po_dirs[0] / "adapter" / "adapter_model.safetensors").read_bytes() != b"half written"
