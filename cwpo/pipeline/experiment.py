@@ -618,7 +618,7 @@ class Experiment:
             return {"pairs": int(table.shape[0])}
 
         stage = self.stages.run("test_logps", inputs, run)
-        return torch.load(stage.path / "logps.pt"), stage
+        return torch.load(stage.path / "logps.pt", weights_only=True), stage
 
     def _test_gold_margins(self) -> torch.Tensor | None:
         """Gold reward margins (chosen − rejected) of the tokenised test pairs, ``None`` when the data has none."""
