@@ -325,7 +325,33 @@ def config_problems(config: ExperimentConfig) -> list[str]:
         if judge.get("kind") == "llm":
             need(bool(judge.get("base_url")) and bool(judge.get("model")), "eval.judge", "kind 'llm' needs base_url "
                  "and model (an OpenAI-compatible endpoint)")  # fmt: skip
+    problems += _output_problems(config)
     problems += _source_problems(config)
+    return problems
+
+
+def _output_problems(config: ExperimentConfig) -> list[str]:
+    """The logger and the generation backend: a package that is missing or a logger every stage would share."""
+    import importlib.util
+
+    from cwpo.evaluation import generate
+    from cwpo.pipeline.console import LOGGERS
+
+    problems = []
+    try:
+        generate.GenerationConfig(stop_strings=tuple(config.eval.stop_strings), backend=config.eval.backend)
+    except ConfigError as err:
+        problems.append(f"eval: {err}")
+    if config.eval.backend == "vllm" and not generate.vllm_available():
+        problems.append("eval.backend: vllm needs the optional vllm package: pip install 'cwpo[vllm]'")
+    kind = config.logger
+    if kind not in LOGGERS:
+        problems.append(f"logger: must be one of {', '.join(LOGGERS)}, got {kind!r}")
+    elif LOGGERS[kind] and importlib.util.find_spec(LOGGERS[kind]) is None:
+        problems.append(f"logger: {kind} needs the {LOGGERS[kind]} package: pip install 'cwpo[{kind}]'")
+    if isinstance(config.trainer, dict) and config.trainer.get("logger", False) is not False:
+        problems.append(f"trainer.logger: one logger shared by every stage; choose the kind with --logger "
+                        f"({'|'.join(LOGGERS)}), each stage gets its own, or set trainer.logger: false")  # fmt: skip
     return problems
 
 

@@ -158,7 +158,6 @@ class Experiment:
         self._annotate_test_stages: dict[int, StageResult] = {}
         self._materialised: dict[str, StageResult] = {}
         self._trainers: dict[str, dict[str, Any]] = {}
-        self._check_logger()
         # progress bars inside long stages (training, annotation, generation): on a terminal, or when asked for
         self.bars = config.verbose or sys.stderr.isatty()
 
@@ -186,24 +185,6 @@ class Experiment:
         if memo not in self._trainers:
             self._trainers[memo] = _stage_trainer(unwrap(config), backbone)
         return dict(self._trainers[memo])
-
-    def _check_logger(self) -> None:
-        """Fail before the first stage, not hours into a run, on a logger or generation backend that cannot work."""
-        import importlib.util
-
-        from cwpo.evaluation.generate import GenerationConfig, vllm_available
-
-        GenerationConfig(stop_strings=tuple(self.config.eval.stop_strings), backend=self.config.eval.backend)
-        if self.config.eval.backend == "vllm" and not vllm_available():
-            raise ConfigError("eval.backend vllm needs the optional vllm package: pip install 'cwpo[vllm]'")
-        kind = self.config.logger
-        if kind not in LOGGERS:
-            raise ConfigError(f"logger must be one of {', '.join(LOGGERS)}, got {kind!r}")
-        if LOGGERS[kind] and importlib.util.find_spec(LOGGERS[kind]) is None:
-            raise ConfigError(f"logger {kind} needs the {LOGGERS[kind]} package: pip install 'cwpo[{kind}]'")
-        for extra in (self.weak_trainer, self.strong_trainer):
-            if extra.get("logger", False) is not False:
-                _trainer(self.run_dir, 1, {"logger": extra["logger"]})  # the ConfigError that explains it
 
     # -- data -----------------------------------------------------------------------------------------------
     def _datamodule(self, cls_name: str, dataset: Any, tokenizer: Any, part: str, seed: int, batch_size: int, **kw):
@@ -680,8 +661,8 @@ class Experiment:
         stage = self.stages.run("test_logps", inputs, run, reads=TEST_LOGPS_READS)
         return (None if self.stages.dry else torch.load(stage.path / "logps.pt", weights_only=True)), stage
 
-    def _test_gold_margins(self) -> torch.Tensor | None:
-        """Gold reward margins (chosen − rejected) of the tokenised test pairs, ``None`` when the data has none."""
+    def _test_gold_margins(self) -> dict[str, float] | None:
+        """Gold reward margins (chosen − rejected) of the test pairs by pair id, ``None`` when the data has none."""
         if not hasattr(self, "_gold_margins"):
             from cwpo.data import load_part
             from cwpo.data.report import quiet_reports

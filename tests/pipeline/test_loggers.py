@@ -47,7 +47,9 @@ def test_wandb_gets_one_offline_run_per_stage_in_one_group(tmp_path, monkeypatch
 def test_a_trainer_logger_override_is_refused_before_any_stage_runs(tmp_path):
     config = micro_config(tmp_path, ["human"])
     config.trainer = {"logger": "TensorBoardLogger"}
-    with pytest.raises(ConfigError, match="one logger shared by every stage; choose the kind with --logger"):
+    with pytest.raises(
+        ConfigError, match="trainer.logger: one logger shared by every stage; choose the kind with --logger"
+    ):
         Experiment(config)
     assert not (tmp_path / "pretrain").exists()
 
@@ -66,10 +68,10 @@ def test_a_logger_without_its_package_or_unknown_is_a_config_error(tmp_path, mon
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     config = micro_config(tmp_path, ["human"])
     config.logger = "wandb"
-    with pytest.raises(ConfigError, match=r"logger wandb needs the wandb package: pip install 'cwpo\[wandb\]'"):
+    with pytest.raises(ConfigError, match=r"logger: wandb needs the wandb package: pip install 'cwpo\[wandb\]'"):
         Experiment(config)
     config.logger = "mlflow"
-    with pytest.raises(ConfigError, match="logger must be one of csv, tensorboard, wandb, none"):
+    with pytest.raises(ConfigError, match="logger: must be one of csv, tensorboard, wandb, none"):
         Experiment(config)
 
 

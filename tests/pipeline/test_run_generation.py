@@ -36,7 +36,7 @@ def test_vllm_backend_without_vllm_is_refused_before_any_stage(tmp_path):
     config = micro_config(tmp_path, ["human"])
     config.eval.backend = "vllm"
     with pytest.raises(
-        ConfigError, match=r"eval.backend vllm needs the optional vllm package: pip install 'cwpo\[vllm\]'"
+        ConfigError, match=r"eval.backend: vllm needs the optional vllm package: pip install 'cwpo\[vllm\]'"
     ):
         Experiment(config)
     assert not (tmp_path / "pretrain").exists()
