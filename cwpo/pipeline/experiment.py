@@ -633,8 +633,7 @@ class Experiment:
 
         def run(folder: Path) -> dict[str, Any]:
             from cwpo.modules.causal_lm import build_causal_lm, merge_adapter
-            from cwpo.modules.policy import pair_logps
-            from cwpo.modules.reference import collect_by_index, length_sorted_loader
+            from cwpo.pipeline.implicit import logps_table
 
             lm = build_causal_lm(model[0], init_adapter=model[1], trainable=False)
             if adapter is not None:
@@ -643,15 +642,7 @@ class Experiment:
                                     group_by_length=False)  # fmt: skip
             test.setup("fit")
             bf16 = str(self.strong_trainer.get("precision", "")).startswith("bf16")
-
-            def values(batch):
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    out = pair_logps(lm, batch, impl=strong.logps_impl)
-                parts = (out.chosen_logps, out.rejected_logps, out.chosen_counts, out.rejected_counts)
-                return torch.stack([p.float() for p in parts], dim=1)
-
-            loader = length_sorted_loader(test.train_dataloader(), batch_size=16)
-            table = collect_by_index(loader, values, len(loader.dataset))
+            table = logps_table(lm, test, impl=strong.logps_impl, bf16=bf16, batch_size=16)
             from cwpo.io import atomic_path
 
             with atomic_path(folder / "logps.pt") as tmp:

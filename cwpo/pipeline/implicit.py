@@ -15,16 +15,19 @@ import torch
 from cwpo.models import ModelSpec
 
 
-def _logps_table(model, datamodule) -> torch.Tensor:
-    """``(n, 2)`` summed response log-probs of each pair's (chosen, rejected) under ``model``."""
+def logps_table(model, datamodule, *, impl: str = "logits", bf16: bool = False, batch_size: int = 64) -> torch.Tensor:
+    """``(n, 4)`` of each pair of the datamodule's training part, in row order: summed response log-probs of
+    (chosen, rejected) under ``model``, then their response token counts (float32). ``bf16``: CPU bf16 autocast."""
     from cwpo.modules.policy import pair_logps
     from cwpo.modules.reference import collect_by_index, length_sorted_loader
 
-    loader = length_sorted_loader(datamodule.train_dataloader(), batch_size=64)
+    loader = length_sorted_loader(datamodule.train_dataloader(), batch_size=batch_size)
 
     def values(batch):
-        out = pair_logps(model, batch)
-        return torch.stack([out.chosen_logps, out.rejected_logps], dim=1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = pair_logps(model, batch, impl=impl)
+        parts = (out.chosen_logps, out.rejected_logps, out.chosen_counts, out.rejected_counts)
+        return torch.stack([p.float() for p in parts], dim=1)
 
     return collect_by_index(loader, values, len(loader.dataset))
 
@@ -59,13 +62,13 @@ def label_by_implicit_reward(
     policy_dir = Path(policy_dir)
     datamodule.setup("fit")
     ref_model = build_causal_lm(spec, init_adapter=init_adapter, trainable=False)
-    ref = _logps_table(ref_model, datamodule)
+    ref = logps_table(ref_model, datamodule)[:, :2]
     del ref_model
     if (policy_dir / "adapter_config.json").exists():
         policy_model = merge_adapter(build_causal_lm(spec, init_adapter=init_adapter, trainable=False), str(policy_dir))
     else:
         policy_model = build_causal_lm(ModelSpec(str(policy_dir)), trainable=False)
-    policy = _logps_table(policy_model, datamodule)
+    policy = logps_table(policy_model, datamodule)[:, :2]
     rewards = beta * (policy - ref)
 
     dataset = datamodule.train_dataset
