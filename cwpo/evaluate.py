@@ -74,7 +74,7 @@ def evaluate(
     """
     from cwpo.errors import ConfigError
     from cwpo.io import stable_hash
-    from cwpo.pipeline.config import DataConfig, ExperimentConfig, StrongConfig, validate
+    from cwpo.pipeline.config import DataConfig, ExperimentConfig, SFTModel, SFTStage, validate
     from cwpo.pipeline.experiment import Experiment, _quiet
     from cwpo.pipeline.stages import FileHasher, StageResult
 
@@ -96,7 +96,8 @@ def evaluate(
             test_prompts=test_prompts,
             chat_template_for_text=chat_template_for_text,
         ),  # fmt: skip
-        strong=StrongConfig(backbone=base.identity(), pretrain=None),
+        sft=SFTStage(model=SFTModel(backbone=base.identity())),
+        pretrain=None,
         eval=eval,
     )
     validate(config)

@@ -3,7 +3,7 @@
 With no config it runs the embedded default (the synthetic task, a tiny strong model pretrained on the task's
 unlabelled text, Human / Human-100 / WS-DPO / DPO (c = 1) / CW-DPO / CW-IPO / CW-rDPO / top-30 %, five seeds, 500
 test prompts) on a CPU in about ten minutes and prints the report, its wall time and its CPU time. Any field can be
-overridden: ``cwpo run --seeds [0] --methods [cw-dpo,human] --run_dir runs/quick``.
+overridden: ``cwpo run --seeds [0] --methods [cw-dpo,human] --policy.trainer.max_epochs 2``.
 """
 
 from __future__ import annotations
@@ -16,14 +16,9 @@ from pathlib import Path
 
 
 def parser():
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from cwpo.pipeline.config import parser as experiment_parser
 
-    from cwpo.pipeline.config import ExperimentConfig
-
-    p = ArgumentParser(prog="cwpo run", description=__doc__.split("\n\n")[0], exit_on_error=False)
-    p.add_argument("--config", action=ActionConfigFile, help="experiment YAML (configs/experiments/)")
-    p.add_class_arguments(ExperimentConfig, None, as_group=False)
-    return p
+    return experiment_parser("cwpo run", __doc__.split("\n\n")[0])
 
 
 def load_config(argv: list[str]):
@@ -42,11 +37,9 @@ def load_config(argv: list[str]):
     except ArgumentError as err:  # a bad or unknown argument: one line, not the usage text
         raise argument_error(err, "cwpo run") from None
     text = p.dump(namespace, skip_none=False)
-    from cwpo.pipeline.config import ExperimentConfig
+    from cwpo.pipeline.config import from_namespace
 
-    values = p.instantiate_classes(namespace).as_dict()
-    values.pop("config", None)
-    return ExperimentConfig(**values), text
+    return from_namespace(p, namespace), text
 
 
 def results_section(markdown: str) -> str:

@@ -57,8 +57,8 @@ def test_cwpo_fit_bad_values_are_one_line_and_exit_2(capsys, tmp_path, monkeypat
 
 def test_a_bad_argument_is_one_line_not_the_usage_text(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert _error(capsys, ["run", "--strong.beta", "abc"]) == [
-        "error: Parser key \"strong.beta\": Expected a <class 'float'>. Got value: abc ('cwpo run --help' lists the "
+    assert _error(capsys, ["run", "--policy.model.beta", "abc"]) == [
+        "error: Parser key \"policy.model.beta\": Expected a <class 'float'>. Got value: abc ('cwpo run --help' lists the "
         "arguments)", HINT]  # fmt: skip
     assert _error(capsys, ["fit", "--model", "policy", "--config", str(POLICY), "--nope", "1"]) == [
         "error: unrecognized arguments: --nope 1 ('cwpo fit --model policy --help' lists the arguments)",
@@ -76,13 +76,15 @@ def test_a_bad_argument_is_one_line_not_the_usage_text(capsys, tmp_path, monkeyp
 
 def test_cwpo_run_lists_every_bad_value_before_any_stage(capsys, tmp_path):
     run_dir = tmp_path / "run"
-    lines = _error(capsys, ["run", "--run_dir", str(run_dir), "--methods", "[cw-dpo,cw-ppo]", "--strong.po_lr", "-1",
-                            "--strong.epsilon", "0.5", "--data.split_ratio", "1.5", "--strong.backbone",
+    lines = _error(capsys, ["run", "--run_dir", str(run_dir), "--methods", "[cw-dpo,cw-ppo]", "--policy.model.optim.lr",
+                            "-1", "--policy.model.epsilon", "0.5", "--data.split_ratio", "1.5", "--sft.model.backbone",
                             "runs/nope/model"])  # fmt: skip
     assert lines[0] == "error: the experiment config has 5 problem(s):" and lines[-1] == HINT
     problems = [line.strip().split(":")[0] for line in lines[1:-1]]
-    assert problems == ["methods", "data.split_ratio", "strong.po_lr", "strong.epsilon", "strong.backbone"]
-    assert "unknown method 'cw-ppo'" in lines[1] and "model folder runs/nope/model does not exist" in lines[5]
+    assert problems == ["policy.model.optim", "methods", "data.split_ratio", "policy.model.epsilon",
+                        "sft.model.backbone"]  # fmt: skip
+    assert "OptimConfig.lr must be > 0, got -1.0" in lines[1] and "unknown method 'cw-ppo'" in lines[2]
+    assert "model folder runs/nope/model does not exist" in lines[5]
     assert not run_dir.exists()
 
 
@@ -127,7 +129,7 @@ def _printed(capsys, argv: list[str]) -> str:
 @pytest.mark.parametrize(
     "argv",
     [["fit", "--model", "policy", "--config", str(POLICY), "--model.beta", "0.2"],
-     ["run", "--seeds", "[3]", "--strong.beta", "0.2"]],
+     ["run", "--seeds", "[3]", "--policy.model.beta", "0.2"]],
 )  # fmt: skip
 def test_print_config_round_trips_as_config(capsys, tmp_path, argv):
     text = _printed(capsys, argv)
@@ -137,8 +139,11 @@ def test_print_config_round_trips_as_config(capsys, tmp_path, argv):
     again = _printed(capsys, [*argv[: 3 if argv[0] == "fit" else 1], "--config", str(saved)])
     assert again == text
     if argv[0] == "run":
-        from cwpo.pipeline.config import ExperimentConfig, StrongConfig
+        import dataclasses
+
+        from cwpo.pipeline.config import ExperimentConfig, PolicyModel, PolicyStage
         from cwpo.run import load_config
 
         config, _ = load_config(["--config", str(saved)])
-        assert config == ExperimentConfig(seeds=[3], strong=StrongConfig(beta=0.2))
+        policy = PolicyStage(model=dataclasses.replace(PolicyModel(), beta=0.2))
+        assert config == ExperimentConfig(seeds=[3], policy=policy)

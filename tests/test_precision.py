@@ -78,15 +78,20 @@ def test_policy_with_a_bf16_base_keeps_lora_and_loss_in_float32_and_learns():
 
 
 def test_pipeline_stages_carry_the_resolved_precision_in_their_trainer_and_keys(monkeypatch):
-    from cwpo.pipeline.config import ExperimentConfig, StrongConfig
+    from cwpo.pipeline.config import ExperimentConfig, experiment_config
     from cwpo.pipeline.experiment import Experiment
 
     monkeypatch.setattr("cwpo.precision.hardware_has_fast_bf16", lambda accelerator=None: True)
     wide = {"name_or_path": "synthetic", "from_scratch": True, "config": {"model_type": "llama", "hidden_size": 256}}
-    experiment = Experiment(ExperimentConfig(strong=StrongConfig(backbone=wide)))
-    assert experiment.strong_trainer["precision"] == "bf16-mixed"
-    assert experiment.weak_trainer["precision"] == "32-true"  # the embedded default's 64-wide annotator
-    explicit = Experiment(ExperimentConfig(strong=StrongConfig(backbone=wide), trainer={"precision": "32-true"}))
-    assert explicit.strong_trainer["precision"] == "32-true"
+    experiment = Experiment(experiment_config({"sft": {"model": {"backbone": wide}}}))
+    for stage in ("sft", "policy", None):  # the strong model's training stages; generation and log-probs
+        assert experiment.stage_trainer(stage, experiment.strong_backbone)["precision"] == "bf16-mixed"
+    annotator = experiment.stage_trainer("annotator", experiment.config.annotator.model.backbone)
+    assert annotator["precision"] == "32-true"  # the embedded default's 32-wide annotator
+    assert annotator["max_epochs"] == 5  # its own trainer block over the shared one
+    explicit = Experiment(experiment_config({"sft": {"model": {"backbone": wide}, "trainer": {
+        "max_epochs": 1, "precision": "32-true"}}}))  # fmt: skip
+    assert explicit.stage_trainer("sft", explicit.strong_backbone)["precision"] == "32-true"
+    assert explicit.stage_trainer("policy", explicit.strong_backbone)["precision"] == "bf16-mixed"  # sft's alone
     with pytest.raises(ConfigError, match="precision: must be one of"):
         Experiment(ExperimentConfig(precision="half"))

@@ -1,17 +1,38 @@
-"""The experiment config of ``cwpo run``: one YAML names the data, the weak and strong models, the methods and
-the seeds. With no YAML, every field's default gives the embedded default: the synthetic task, a tiny weak annotator and a
+"""The experiment config of ``cwpo run``: the stand-alone commands' own blocks, one per stage, plus the methods and
+the seeds.
+
+Each training stage has the blocks its ``cwpo fit`` config has: ``model`` (the LightningModule's arguments, under
+the names the module takes them: ``annotator.model`` is :class:`cwpo.modules.annotator.AnnotatorModule`'s,
+``sft.model`` :class:`cwpo.modules.sft.SFTModule`'s, ``policy.model`` :class:`cwpo.modules.policy.PolicyModule`'s),
+``data`` (the datamodule's per-stage arguments: batch size, workers, ...) and ``trainer`` (``lightning.Trainer``
+arguments; ``max_epochs`` is the stage's epochs). The top-level ``data`` holds what every stage shares (the dataset,
+its split and token budget), the top-level ``trainer`` what every stage's Trainer shares (accelerator, devices);
+``annotate`` is ``cwpo annotate``'s settings and ``eval`` ``cwpo evaluate``'s. A module argument the pipeline sets
+itself (the model a stage starts from, the method's objective and weighting, where it exports) is not in a block.
+
+With no YAML, every field's default gives the embedded default: the synthetic task, a tiny weak annotator and a
 tiny strong model pretrained on unlabelled task text, Human / Human-100 / WS-DPO / DPO (c = 1) / CW-DPO / CW-IPO /
 CW-rDPO / top-30 %, five seeds, 500 test prompts; PO settings chosen on the Human method alone.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import inspect
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cwpo.annotation.annotate import _annotate_dataset
+from cwpo.data.datamodules import PreferenceDataModule, PromptDataModule
 from cwpo.errors import ConfigError
-from cwpo.models import LoraSpec
+from cwpo.modules.annotator import AnnotatorModule
+from cwpo.modules.online import OnlinePolicyModule
+from cwpo.modules.optim import OptimConfig
+from cwpo.modules.policy import PolicyModule
+from cwpo.modules.sft import SFTModule
 from cwpo.pipeline.methods import parse_method
 from cwpo.precision import PRECISIONS
 
@@ -37,9 +58,129 @@ def _strong_backbone() -> dict[str, Any]:
     return {"name_or_path": "synthetic", "from_scratch": True, "config": _tiny_llama(64, 3, 4), "seed": 2}
 
 
+# -- blocks built from the modules' own signatures ---------------------------------------------------------------
+def _arguments_doc(target: Any) -> dict[str, str]:
+    """``name: text`` of the ``Args:`` section of ``target``'s docstring (the class's, for a class)."""
+    doc = inspect.getdoc(target) or ""
+    out: dict[str, str] = {}
+    if "Args:" not in doc:
+        return out
+    name = None
+    for line in doc.split("Args:", 1)[1].splitlines():
+        if line and not line.startswith(" "):
+            break
+        stripped = line.strip()
+        head = stripped.split(":", 1)[0]
+        if line.startswith("    ") and not line.startswith("     ") and ":" in stripped and head.isidentifier():
+            name = head
+            out[name] = stripped.split(":", 1)[1].strip()
+        elif name and stripped:
+            out[name] += " " + stripped
+    return out
+
+
+def block(name: str, target: Any, *, owned: tuple[str, ...] = (), keep: tuple[str, ...] | None = None,
+          defaults: dict[str, Any] | None = None, types: dict[str, Any] | None = None, doc: str = "") -> type:
+    """A dataclass of ``target``'s arguments (a class's ``__init__``, or a function), typed and documented as
+    ``target`` types and documents them, defaulting to ``target``'s defaults or ``defaults``: so an experiment YAML
+    names each setting as the module (or ``cwpo annotate``) does. ``owned``: arguments the pipeline sets, left out;
+    ``keep``: only these (``None``: all the others); ``types``: a type to use instead of ``target``'s."""
+    function = target.__init__ if isinstance(target, type) else target
+    hints = typing.get_type_hints(function)
+    described = _arguments_doc(target)
+    defaults, types = defaults or {}, types or {}
+    fields, lines = [], []
+    for parameter in list(inspect.signature(function).parameters.values()):
+        if parameter.name in ("self", *owned) or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        if keep is not None and parameter.name not in keep:
+            continue
+        value = defaults.get(parameter.name, parameter.default)
+        if value is inspect.Parameter.empty:
+            raise TypeError(f"{name}: {parameter.name} needs a default")
+        fields.append((parameter.name, types.get(parameter.name, hints[parameter.name]),
+                       field(default_factory=lambda v=value: copy.deepcopy(v))))  # fmt: skip
+        lines.append(f"    {parameter.name}: {described.get(parameter.name, '')}")
+    owner = target.__qualname__ if isinstance(target, type) else target.__name__
+    cls = dataclasses.make_dataclass(name, fields)
+    cls.__module__ = __name__
+    cls.__doc__ = f"{doc or f'The arguments of {owner}.'}\n\nArgs:\n" + "\n".join(lines)
+    return cls
+
+
+def block_arguments(value: Any) -> dict[str, Any]:
+    """A block's values by argument name, each field read (so a recorded config sees every one read)."""
+    return {f.name: getattr(value, f.name) for f in dataclasses.fields(_unwrap(value))}
+
+
+def _unwrap(value: Any) -> Any:
+    from cwpo.pipeline.stages import unwrap
+
+    return unwrap(value)
+
+
+# What the pipeline sets itself, per module: the model a stage starts from, the method's objective and weighting,
+# where a stage exports, and what the shared data section already says.
+_SFT_OWNED = ("init_adapter", "export_dir")
+_POLICY_OWNED = ("backbone", "init_adapter", "objective", "weighting", "top_n_fraction", "reference_cache_dir",
+                 "export_dir")  # fmt: skip
+_DATA_OWNED = ("dataset", "tokenizer", "part", "val_part", "split_ratio", "split_seed", "max_length", "truncation",
+               "chat_template_for_text", "seed", "prefix_sharing")  # fmt: skip
+
+AnnotatorModel = block("AnnotatorModel", AnnotatorModule, defaults={
+    "backbone": _weak_backbone(), "optim": OptimConfig(lr=2e-3, optimizer="adam", scheduler="constant")},
+    types={"backbone": Any}, doc="The weak annotator's arguments (AnnotatorModule; paper: OPT-125M, Qwen2.5-0.5B).")  # fmt: skip
+SFTModel = block("SFTModel", SFTModule, owned=_SFT_OWNED, defaults={
+    "backbone": _strong_backbone(), "lora": None, "optim": OptimConfig(lr=3e-3, warmup_steps=10),
+    "export_merged": True}, types={"backbone": Any},
+    doc="SFTModule's arguments (the strong model's SFT). With ``lora``, ``export_merged`` also saves the merged SFT "
+        "model: the base the PO adapters name (``false`` saves the disk, 26 GB per SFT stage of a 13B model, and "
+        "leaves a two-step load); without ``lora`` it does not apply.")  # fmt: skip
+WeakSFTModel = block("WeakSFTModel", SFTModule, owned=_SFT_OWNED, defaults={
+    "backbone": None, "lora": None, "optim": OptimConfig(lr=2e-3, warmup_steps=10)}, types={"backbone": Any},
+    doc="SFTModule's arguments for WS-DPO's weak policy. ``backbone``: a causal LM when the annotator's backbone is "
+        "not one (an encoder such as MiniLM); ``None``: the annotator's.")  # fmt: skip
+PretrainModel = block("PretrainModel", SFTModule, owned=(*_SFT_OWNED, "backbone", "lora", "export_merged"),
+                      defaults={"optim": OptimConfig(lr=3e-3, warmup_steps=10)},
+                      doc="SFTModule's arguments for pretraining ``sft.model.backbone`` (full training).")  # fmt: skip
+PolicyModel = block("PolicyModel", PolicyModule, owned=_POLICY_OWNED, defaults={
+    "lora": None, "optim": OptimConfig(lr=5e-4, warmup_steps=10), "beta": 0.3, "tau": 0.5, "epsilon": 0.1,
+    "reference": "precomputed"},
+    doc="PolicyModule's arguments (the objective and weighting come from the method; online methods take the ones "
+        "OnlinePolicyModule has). ``lora: null``: full fine-tuning (the embedded default: the sweep on the Human "
+        "method, benchmarks/sweep_human.py, found LoRA r 8 on the tiny model either barely moving it or collapsing "
+        "it); ``reference: adapter_disabled`` becomes ``separate`` without LoRA.")  # fmt: skip
+WeakPolicyModel = block("WeakPolicyModel", PolicyModule, owned=_POLICY_OWNED, defaults={
+    "lora": None, "optim": OptimConfig(lr=2e-3, warmup_steps=10), "beta": 0.1, "tau": 0.5, "epsilon": 0.1,
+    "reference": "precomputed"},
+    doc="PolicyModule's arguments for WS-DPO's weak policy (DPO on D_L); ``beta`` is also the scale of the implicit "
+        "reward it labels D_U with.")  # fmt: skip
+OnlineModel = block("OnlineModel", OnlinePolicyModule, keep=("max_new_tokens", "temperature", "top_p"),
+                    defaults={"max_new_tokens": 24},
+                    doc="OnlinePolicyModule's own arguments (the rest are ``policy.model``'s): sampling during "
+                        "training.")  # fmt: skip
+StageData = block("StageData", PreferenceDataModule, owned=_DATA_OWNED, defaults={"batch_size": 32},
+                  doc="A stage's datamodule arguments (the shared ones are in the top-level ``data``).")  # fmt: skip
+PromptData = block("PromptData", PromptDataModule, owned=_DATA_OWNED, defaults={"batch_size": 32},
+                   doc="The online methods' prompt datamodule arguments (``batch_size``: prompts per step, one "
+                       "sampled pair each).")  # fmt: skip
+AnnotateConfig = block("AnnotateConfig", _annotate_dataset, keep=("confidence", "batch_size", "min_prompt_tokens",
+                       "num_workers"), defaults={"batch_size": 64},
+                       doc="``cwpo annotate``'s settings (confidence: Eq. 8's ``cw``).")  # fmt: skip
+
+
+def _data(**values: Any):
+    return field(default_factory=lambda: StageData(**values))
+
+
+def _trainer(**values: Any):
+    return field(default_factory=lambda: dict(values))
+
+
 @dataclass
 class DataConfig:
-    """Which pairs, and how they are split and tokenised.
+    """What every stage shares of the data: which pairs, how they are split and tokenised (the datamodules'
+    arguments of these names).
 
     Args:
         dataset: a :class:`cwpo.data.DatasetSpec` value: a loader name, a local file, or a dict of its fields.
@@ -61,37 +202,35 @@ class DataConfig:
 
 
 @dataclass
-class WeakConfig:
-    """The weak annotator (stage 1) and the weak policy of the WS-DPO baseline.
+class AnnotatorStage:
+    """Stage 1, the weak annotator: ``cwpo fit --model annotator``'s blocks (trained on D_L, validated on a tenth
+    of it held out). Paper: 5 epochs, batch 32."""
 
-    Args:
-        backbone: a :class:`cwpo.models.ModelSpec` value for the weak model (paper: OPT-125M, Qwen2.5-0.5B).
-        epochs: BT training epochs (paper: 5).
-        batch_size: pairs per batch (paper: 32).
-        lr: learning rate (Adam).
-        confidence: confidence scheme written by ``annotate`` (Eq. 8: ``cw``).
-        ws_sft_epochs: WS-DPO: SFT epochs of the weak policy on D_L before its DPO (0: no SFT).
-        ws_dpo_epochs: WS-DPO: DPO epochs of the weak policy on D_L.
-        ws_lr: WS-DPO: learning rate of the weak policy (full fine-tuning).
-        ws_beta: WS-DPO: the weak policy's β, also the scale of its implicit reward.
-        ws_backbone: WS-DPO: a :class:`cwpo.models.ModelSpec` value for the weak *causal LM* when ``backbone`` is
-            not one (an encoder annotator such as MiniLM); ``None``: ``backbone``.
-    """
-
-    backbone: Any = field(default_factory=_weak_backbone)
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 2e-3
-    confidence: str = "cw"
-    ws_sft_epochs: int = 3
-    ws_dpo_epochs: int = 2
-    ws_lr: float = 2e-3
-    ws_beta: float = 0.1
-    ws_backbone: Any = None
+    model: AnnotatorModel = field(default_factory=AnnotatorModel)
+    data: StageData = _data(batch_size=32, val_fraction=0.1)
+    trainer: dict[str, Any] = _trainer(max_epochs=5)
 
 
 @dataclass
-class PretrainConfig:
+class WeakSFTStage:
+    """WS-DPO, step 1: SFT of the weak policy on D_L's chosen responses (``trainer.max_epochs: 0``: none)."""
+
+    model: WeakSFTModel = field(default_factory=WeakSFTModel)
+    data: StageData = _data(batch_size=32)
+    trainer: dict[str, Any] = _trainer(max_epochs=3)
+
+
+@dataclass
+class WeakPolicyStage:
+    """WS-DPO, step 2: DPO of the weak policy on D_L; its implicit reward then labels D_U."""
+
+    model: WeakPolicyModel = field(default_factory=WeakPolicyModel)
+    data: StageData = _data(batch_size=32)
+    trainer: dict[str, Any] = _trainer(max_epochs=2)
+
+
+@dataclass
+class PretrainStage:
     """A pretraining stage for a strong model built from scratch: causal-LM training on unlabelled text of the
     synthetic task (prompts with responses of every quality, :func:`cwpo.data.synthetic.pretraining_records`), so
     that SFT and preference optimisation start from a miniature pretrained LM rather than random weights. One
@@ -99,73 +238,43 @@ class PretrainConfig:
 
     Args:
         texts: number of prompt + response texts (drawn fresh from the generator; no labels).
-        epochs: passes over them.
-        lr: learning rate (full training).
-        batch_size: texts per batch.
+        model: the SFT module's arguments for it.
+        data: its datamodule's.
+        trainer: its Trainer's.
     """
 
     texts: int = 20000
-    epochs: int = 1
-    lr: float = 3e-3
-    batch_size: int = 64
+    model: PretrainModel = field(default_factory=PretrainModel)
+    data: StageData = _data(batch_size=64)
+    trainer: dict[str, Any] = _trainer(max_epochs=1)
 
 
 @dataclass
-class StrongConfig:
-    """The strong model: SFT on the chosen responses, then preference optimisation.
+class SFTStage:
+    """Stage 3, SFT of the strong model on each label source's chosen responses: ``cwpo fit --model sft``'s
+    blocks. Paper: 3 epochs."""
 
-    Args:
-        backbone: a :class:`cwpo.models.ModelSpec` value (paper: OPT-1.3B…13B, Qwen2.5-1.5B…14B).
-        pretrain: a pretraining stage before SFT for a ``from_scratch`` backbone on the synthetic task
-            (:class:`PretrainConfig`); ``None``: none (a pretrained backbone needs none; other data has no
-            generator of unlabelled text).
-        sft_lora: LoRA for SFT; ``None`` for full fine-tuning (a model trained from scratch needs it).
-        merge_sft: with ``sft_lora``, also save the SFT model merged (``<sft>/adapter/merged``): the base the PO
-            adapters name, so ``AutoPeftModelForCausalLM`` loads them in one step. ``false`` saves the disk (a 13B
-            model: 26 GB per SFT stage) and leaves a two-step load (``cwpo export merge <sft>/adapter
-            <sft>/adapter/merged`` first).
-        po_lora: LoRA for preference optimisation (paper: r 8, α 16, dropout 0.05); ``None``: full fine-tuning
-            (the embedded default: the sweep on the Human method, ``benchmarks/sweep_human.py``, found LoRA r 8
-            on the tiny model either barely moving it or collapsing it).
-        sft_epochs: SFT epochs (paper: 3).
-        sft_lr: SFT learning rate.
-        po_epochs: preference-optimisation epochs (paper: 5).
-        po_lr: preference-optimisation learning rate.
-        batch_size: pairs per batch.
-        beta: DPO / rDPO β.
-        tau: IPO τ.
-        epsilon: rDPO's assumed flip rate ε.
-        reference: ``adapter_disabled``, ``separate`` or ``precomputed`` (see :class:`PolicyModule`).
-        warmup_steps: linear warm-up (paper: 100; capped at a tenth of a short run).
-        online_max_new_tokens: online methods: tokens sampled per response during training.
-        online_temperature: online methods: sampling temperature during training.
-        online_batch_size: online methods: prompts per step (one sampled pair each).
-        prefix_sharing: offline PO: one ``prompt + chosen + rejected`` row per pair, the prompt encoded once
-            (:class:`cwpo.data.prefix_collate.PrefixPairCollator`); faster for long prompts.
-        logps_impl: offline PO: ``logits`` or ``hidden`` (the LM head on response rows only), see
-            :class:`cwpo.modules.policy.PolicyModule`.
-    """
+    model: SFTModel = field(default_factory=SFTModel)
+    data: StageData = _data(batch_size=32)
+    trainer: dict[str, Any] = _trainer(max_epochs=4)
 
-    backbone: Any = field(default_factory=_strong_backbone)
-    pretrain: PretrainConfig | None = field(default_factory=PretrainConfig)
-    sft_lora: LoraSpec | None = None
-    merge_sft: bool = True
-    po_lora: LoraSpec | None = None
-    sft_epochs: int = 4
-    sft_lr: float = 3e-3
-    po_epochs: int = 3
-    po_lr: float = 5e-4
-    batch_size: int = 32
-    beta: float = 0.3
-    tau: float = 0.5
-    epsilon: float = 0.1
-    reference: str = "precomputed"
-    warmup_steps: int = 10
-    online_max_new_tokens: int = 24
-    online_temperature: float = 1.0
-    online_batch_size: int = 32
-    prefix_sharing: bool = False
-    logps_impl: str = "logits"
+
+@dataclass
+class PolicyStage:
+    """Stage 4, preference optimisation of the SFT model: ``cwpo fit --model policy``'s blocks. Paper: 5 epochs."""
+
+    model: PolicyModel = field(default_factory=PolicyModel)
+    data: StageData = _data(batch_size=32)
+    trainer: dict[str, Any] = _trainer(max_epochs=3)
+
+
+@dataclass
+class OnlineStage:
+    """Online methods (appendix J.5): what OnlinePolicyModule adds to ``policy.model``, and its prompt batches
+    (``data.batch_size`` prompts per step, one sampled pair each); its Trainer is ``policy.trainer``."""
+
+    model: OnlineModel = field(default_factory=OnlineModel)
+    data: PromptData = field(default_factory=PromptData)
 
 
 @dataclass
@@ -201,6 +310,10 @@ class EvalConfig:
     show_generations: int = 0
 
 
+# Stage blocks with a model, data and trainer: name -> its section of ExperimentConfig.
+TRAINING_STAGES = ("annotator", "ws_sft", "ws_policy", "pretrain", "sft", "policy")
+
+
 @dataclass
 class ExperimentConfig:
     """One experiment: every stage of every method for every seed.
@@ -210,15 +323,22 @@ class ExperimentConfig:
         run_dir: where stages cache their artefacts and the report is written.
         seeds: one full run per seed (data split, initialisation, order, sampling).
         methods: names parsed by :func:`cwpo.pipeline.methods.parse_method`.
-        data: the pairs.
-        weak: the weak annotator.
-        strong: the strong model.
+        data: what every stage shares of the data.
+        annotator: stage 1, the weak annotator (``model``, ``data``, ``trainer``).
+        annotate: stage 2, its labels and confidences on D_U (``cwpo annotate``'s settings).
+        ws_sft: WS-DPO's weak policy, its SFT on D_L.
+        ws_policy: WS-DPO's weak policy, its DPO on D_L.
+        pretrain: the strong model's pretraining when it is built from scratch on the synthetic task; ``None``:
+            none (a pretrained backbone needs none; other data has no generator of unlabelled text).
+        sft: stage 3, the strong model's SFT (its ``model.backbone`` is the strong model).
+        policy: stage 4, preference optimisation.
+        online: what online methods add to ``policy``.
         eval: generation and judge.
-        trainer: extra ``lightning.Trainer`` arguments for every training stage (accelerator, devices,
-            precision, strategy).
+        trainer: ``lightning.Trainer`` arguments every stage shares (accelerator, devices); a stage's own
+            ``trainer`` block wins over them. Generation and held-out log-probs use these alone.
         precision: ``auto`` (bf16 autocast where the hardware runs bf16 fast and the model is at least 256 wide,
             else float32; resolved per model, see :mod:`cwpo.precision`), ``fp32`` or ``bf16``. A ``precision``
-            in ``trainer`` overrides it.
+            in a trainer block overrides it.
         logger: each training stage's own logger, named ``<stage>/<method>/seed<k>``: ``csv`` (``logs/`` in the
             stage folder), ``tensorboard`` (``<run_dir>/tensorboard``; ``pip install 'cwpo[tensorboard]'``), ``wandb``
             (one W&B group per run; ``pip install 'cwpo[wandb]'``; ``WANDB_MODE=offline`` logs locally) or ``none``.
@@ -237,14 +357,90 @@ class ExperimentConfig:
         default_factory=lambda: ["human", "human-100", "ws-dpo", "dpo", "cw-dpo", "cw-ipo", "cw-rdpo", "top-30"]
     )
     data: DataConfig = field(default_factory=DataConfig)
-    weak: WeakConfig = field(default_factory=WeakConfig)
-    strong: StrongConfig = field(default_factory=StrongConfig)
+    annotator: AnnotatorStage = field(default_factory=AnnotatorStage)
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
+    ws_sft: WeakSFTStage = field(default_factory=WeakSFTStage)
+    ws_policy: WeakPolicyStage = field(default_factory=WeakPolicyStage)
+    pretrain: PretrainStage | None = field(default_factory=PretrainStage)
+    sft: SFTStage = field(default_factory=SFTStage)
+    policy: PolicyStage = field(default_factory=PolicyStage)
+    online: OnlineStage = field(default_factory=OnlineStage)
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
     precision: str = "auto"
     logger: str = "csv"
     verbose: bool = False
     torch_threads: int | None = 1
+
+
+# -- parsing: YAML, overrides and dicts through one typed parser -------------------------------------------------
+def parser(prog: str = "cwpo run", description: str | None = None):
+    """The typed parser of :class:`ExperimentConfig` (``cwpo run``'s): a YAML given to ``--config`` merges into the
+    defaults block by block, so a YAML names only what it changes (a ``trainer`` or ``backbone`` it gives replaces
+    that one value whole)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    p = ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    p.add_argument("--config", action=ActionConfigFile, help="experiment YAML (configs/experiments/)")
+    p.add_class_arguments(ExperimentConfig, None, as_group=False)
+    return p
+
+
+def from_namespace(p, namespace) -> ExperimentConfig:
+    """The :class:`ExperimentConfig` of a parsed ``namespace``. An ``optim`` block its own class refuses (a negative
+    lr) is named by its path, in one error with every other problem of the config."""
+    bad = []
+    for key in namespace.keys():
+        if key.endswith(".optim") or ".optim." in key:
+            block_key = key[: key.index(".optim") + len(".optim")]
+            if block_key in (k for k, _ in bad):
+                continue
+            try:
+                OptimConfig(**namespace[block_key].as_dict())
+            except (ConfigError, TypeError) as err:
+                bad.append((block_key, err))
+    if bad:
+        namespace = namespace.clone()
+        for key, _ in bad:  # stand-ins, so the rest of the config can be checked too
+            namespace[key] = type(namespace[key])(**dataclasses.asdict(OptimConfig()))
+    values = p.instantiate(namespace).as_dict()
+    values.pop("config", None)
+    config = ExperimentConfig(**values)
+    if bad:
+        problems = [f"{key}: {err}" for key, err in bad] + config_problems(config)
+        lines = "\n".join(f"  {line}" for line in problems)
+        raise ConfigError(f"the experiment config has {len(problems)} problem(s):\n{lines}")
+    return config
+
+
+def experiment_config(values: dict[str, Any] | None = None) -> ExperimentConfig:
+    """The config that a YAML holding ``values`` gives ``cwpo run`` (the same parser: defaults merged block by block,
+    types checked): ``experiment_config({"seeds": [0], "sft": {"trainer": {"max_epochs": 1}}})``."""
+    from jsonargparse import ArgumentError
+
+    from cwpo.errors import argument_error
+
+    p = parser()
+    try:
+        namespace = p.parse_object(copy.deepcopy(values or {}))
+    except ArgumentError as err:
+        raise argument_error(err, "the experiment config") from None
+    return from_namespace(p, namespace)
+
+
+def stage_trainer_problems(config: ExperimentConfig) -> list[str]:
+    """Each stage's trainer block: a ``max_epochs`` that is a whole number of epochs."""
+    problems = []
+    for name in TRAINING_STAGES:
+        stage = getattr(config, name)
+        if stage is None:
+            continue
+        epochs = stage.trainer.get("max_epochs") if isinstance(stage.trainer, dict) else None
+        least = 0 if name == "ws_sft" else 1  # ws_sft: 0 epochs is no SFT
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < least:
+            problems.append(f"{name}.trainer.max_epochs: a stage's trainer block must give its epochs, an integer "
+                            f">= {least}, got {epochs!r} (a trainer block replaces the default one whole)")  # fmt: skip
+    return problems
 
 
 # -- validation: every problem of a config, found before the first stage runs -----------------------------------
@@ -272,7 +468,7 @@ def config_problems(config: ExperimentConfig) -> list[str]:
     need(
         config.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}, got {config.precision!r}"
     )
-    data, weak, strong, ev = config.data, config.weak, config.strong, config.eval
+    data, ev = config.data, config.eval
     need(0.0 < data.split_ratio < 1.0, "data.split_ratio", f"must be in (0, 1), got {data.split_ratio}")
     need(
         data.truncation in ("drop", "keep_end"), "data.truncation", f"must be drop or keep_end, got {data.truncation!r}"
@@ -280,41 +476,31 @@ def config_problems(config: ExperimentConfig) -> list[str]:
     need(data.max_length >= 8, "data.max_length", f"must be at least 8 tokens, got {data.max_length}")
     need(data.test_prompts is None or data.test_prompts >= 1, "data.test_prompts", f"must be >= 1 or null, got "
          f"{data.test_prompts}")  # fmt: skip
-    rates = [("weak.lr", weak.lr), ("weak.ws_lr", weak.ws_lr), ("strong.sft_lr", strong.sft_lr),
-             ("strong.po_lr", strong.po_lr)]  # fmt: skip
-    epochs = [("weak.epochs", weak.epochs), ("weak.ws_dpo_epochs", weak.ws_dpo_epochs),
-              ("strong.sft_epochs", strong.sft_epochs), ("strong.po_epochs", strong.po_epochs)]  # fmt: skip
-    sizes = [("weak.batch_size", weak.batch_size), ("strong.batch_size", strong.batch_size),
-             ("strong.online_batch_size", strong.online_batch_size), ("eval.batch_size", ev.batch_size),
-             ("eval.max_new_tokens", ev.max_new_tokens), ("strong.online_max_new_tokens", strong.online_max_new_tokens)]  # fmt: skip
-    if strong.pretrain is not None:
-        rates.append(("strong.pretrain.lr", strong.pretrain.lr))
-        epochs.append(("strong.pretrain.epochs", strong.pretrain.epochs))
-        sizes += [("strong.pretrain.batch_size", strong.pretrain.batch_size), ("strong.pretrain.texts",
-                  strong.pretrain.texts)]  # fmt: skip
-    for name, value in rates:
-        need(value > 0, name, f"a learning rate must be > 0, got {value}")
-    for name, value in epochs:
-        need(value >= 1, name, f"must be >= 1 epoch, got {value}")
-    need(weak.ws_sft_epochs >= 0, "weak.ws_sft_epochs", f"must be >= 0 (0: no SFT), got {weak.ws_sft_epochs}")
+    problems += stage_trainer_problems(config)
+    sizes = [("annotate.batch_size", config.annotate.batch_size), ("eval.batch_size", ev.batch_size),
+             ("eval.max_new_tokens", ev.max_new_tokens), ("online.model.max_new_tokens",
+             config.online.model.max_new_tokens)]  # fmt: skip
+    sizes += [(f"{name}.data.batch_size", getattr(config, name).data.batch_size) for name in
+              (*TRAINING_STAGES, "online") if getattr(config, name) is not None]  # fmt: skip
+    if config.pretrain is not None:
+        sizes.append(("pretrain.texts", config.pretrain.texts))
     for name, value in sizes:
         need(value >= 1, name, f"must be >= 1, got {value}")
-    need(strong.beta > 0, "strong.beta", f"DPO's beta must be > 0, got {strong.beta}")
-    need(weak.ws_beta > 0, "weak.ws_beta", f"DPO's beta must be > 0, got {weak.ws_beta}")
-    need(strong.tau > 0, "strong.tau", f"IPO's tau must be > 0, got {strong.tau}")
-    need(0.0 <= strong.epsilon < 0.5, "strong.epsilon", f"rDPO's flip rate must be in [0, 0.5), got "
-         f"{strong.epsilon} (at 0.5 its loss divides by 0)")  # fmt: skip
-    need(strong.warmup_steps >= 0, "strong.warmup_steps", f"must be >= 0, got {strong.warmup_steps}")
+    for name in ("policy", "ws_policy"):
+        model = getattr(config, name).model
+        need(model.beta > 0, f"{name}.model.beta", f"DPO's beta must be > 0, got {model.beta}")
+        need(model.tau > 0, f"{name}.model.tau", f"IPO's tau must be > 0, got {model.tau}")
+        need(0.0 <= model.epsilon < 0.5, f"{name}.model.epsilon", f"rDPO's flip rate must be in [0, 0.5), got "
+             f"{model.epsilon} (at 0.5 its loss divides by 0)")  # fmt: skip
     need(ev.temperature >= 0, "eval.temperature", f"must be >= 0 (0: greedy), got {ev.temperature}")
     need(0.0 < ev.top_p <= 1.0, "eval.top_p", f"must be in (0, 1], got {ev.top_p}")
-    need(strong.online_temperature > 0, "strong.online_temperature", f"must be > 0, got {strong.online_temperature}")
+    need(config.online.model.temperature > 0, "online.model.temperature", f"must be > 0, got "
+         f"{config.online.model.temperature}")  # fmt: skip
     from cwpo.losses.confidence import CONFIDENCE_SCHEMES
-    from cwpo.modules.reference import REFERENCE_MODES
 
-    need(weak.confidence in CONFIDENCE_SCHEMES, "weak.confidence", f"must be one of {sorted(CONFIDENCE_SCHEMES)}, "
-         f"got {weak.confidence!r}")  # fmt: skip
-    need(strong.reference in REFERENCE_MODES, "strong.reference", f"must be one of {list(REFERENCE_MODES)}, got "
-         f"{strong.reference!r}")  # fmt: skip
+    need(config.annotate.confidence in CONFIDENCE_SCHEMES, "annotate.confidence", f"must be one of "
+         f"{sorted(CONFIDENCE_SCHEMES)}, got {config.annotate.confidence!r}")  # fmt: skip
+    problems += _module_problems(config)
     if ev.judge is not None:  # None: no judge (held-out human preferences alone)
         judge = ev.judge if isinstance(ev.judge, dict) else {}
         kinds = ("synthetic_gold", "reward_model", "steamshp", "llm")
@@ -327,6 +513,34 @@ def config_problems(config: ExperimentConfig) -> list[str]:
                  "and model (an OpenAI-compatible endpoint)")  # fmt: skip
     problems += _output_problems(config)
     problems += _source_problems(config)
+    return problems
+
+
+def _module_problems(config: ExperimentConfig) -> list[str]:
+    """Each module's own checks of its block (choices, combinations such as ``reference: adapter_disabled`` without
+    LoRA), run by building the module object: its model is built later (``configure_model``), so this is cheap."""
+    from cwpo.modules.annotator import AnnotatorModule
+
+    spec = {"name_or_path": "synthetic", "from_scratch": True, "config": {"model_type": "llama"}}
+    checks = [("annotator.model", lambda: AnnotatorModule(**{**block_arguments(config.annotator.model), "backbone":
+              spec}))]  # fmt: skip
+    for name in ("sft", "ws_sft"):
+        arguments = block_arguments(getattr(config, name).model)
+        arguments["export_merged"] = arguments["export_merged"] and arguments["lora"] is not None
+        checks.append((f"{name}.model", lambda a=arguments: SFTModule(**{**a, "backbone": spec, "export_dir": "-"})))
+    for name in ("policy", "ws_policy"):
+        arguments = block_arguments(getattr(config, name).model)
+        if arguments["lora"] is None and arguments["reference"] == "adapter_disabled":
+            arguments["reference"] = "separate"  # what the pipeline gives a full fine-tune
+        arguments["export_merged"] = arguments["export_merged"] and arguments["lora"] is not None
+        checks.append((f"{name}.model", lambda a=arguments: PolicyModule(spec, **{**a, "objective": "dpo",
+                                                                                   "export_dir": "-"})))
+    problems = []
+    for name, build in checks:
+        try:
+            build()
+        except (ConfigError, TypeError, ValueError) as err:
+            problems.append(f"{name}: {err}")
     return problems
 
 
@@ -349,9 +563,12 @@ def _output_problems(config: ExperimentConfig) -> list[str]:
         problems.append(f"logger: must be one of {', '.join(LOGGERS)}, got {kind!r}")
     elif LOGGERS[kind] and importlib.util.find_spec(LOGGERS[kind]) is None:
         problems.append(f"logger: {kind} needs the {LOGGERS[kind]} package: pip install 'cwpo[{kind}]'")
-    if isinstance(config.trainer, dict) and config.trainer.get("logger", False) is not False:
-        problems.append(f"trainer.logger: one logger shared by every stage; choose the kind with --logger "
-                        f"({'|'.join(LOGGERS)}), each stage gets its own, or set trainer.logger: false")  # fmt: skip
+    trainers = [("trainer", config.trainer)] + [(f"{name}.trainer", getattr(config, name).trainer)
+                                                for name in TRAINING_STAGES if getattr(config, name) is not None]  # fmt: skip
+    for name, trainer in trainers:
+        if isinstance(trainer, dict) and trainer.get("logger", False) is not False:
+            problems.append(f"{name}.logger: one logger shared by every stage; choose the kind with --logger "
+                            f"({'|'.join(LOGGERS)}), each stage gets its own, or set {name}.logger: false")  # fmt: skip
     return problems
 
 
@@ -372,15 +589,18 @@ def _source_problems(config: ExperimentConfig) -> list[str]:
         if spec.name == "local" and not spec.test_path and spec.test_fraction == 0.0:
             problems.append(f"data.dataset: {spec.path} has no test part (generation and judging need one); set "
                             "test_path (a test file) or test_fraction (e.g. 0.1)")  # fmt: skip
-        if config.strong.pretrain is not None and spec.name != "synthetic":
+        if config.pretrain is not None and spec.name != "synthetic":
             try:
-                from_scratch = as_model_spec(config.strong.backbone).from_scratch
+                from_scratch = as_model_spec(config.sft.model.backbone).from_scratch
             except (ConfigError, TypeError):
                 from_scratch = False
             if from_scratch:
-                problems.append(f"strong.pretrain: needs the synthetic dataset (its generator writes the unlabelled "
-                                f"text), got {spec.name!r}; set strong.pretrain: null")  # fmt: skip
-    specs = [("weak.backbone", config.weak.backbone), ("strong.backbone", config.strong.backbone)]
+                problems.append(f"pretrain: needs the synthetic dataset (its generator writes the unlabelled "
+                                f"text), got {spec.name!r}; set pretrain: null")  # fmt: skip
+    specs = [("annotator.model.backbone", config.annotator.model.backbone),
+             ("sft.model.backbone", config.sft.model.backbone)]  # fmt: skip
+    if config.ws_sft.model.backbone is not None:
+        specs.append(("ws_sft.model.backbone", config.ws_sft.model.backbone))
     if isinstance(config.eval.judge, dict) and config.eval.judge.get("spec") is not None:
         specs.append(("eval.judge.spec", config.eval.judge["spec"]))
     for name, value in specs:
@@ -436,7 +656,8 @@ def data_problems(config: ExperimentConfig) -> list[str]:
     rows = sample.select(range(min(SAMPLE_PAIRS, len(sample))))
     texts = [_text(r["prompt"]) + " " + _text(r["chosen"]) for r in rows]
     problems = []
-    readers = [("weak.backbone", config.weak.backbone), ("strong.backbone", config.strong.backbone)]
+    readers = [("annotator.model.backbone", config.annotator.model.backbone),
+               ("sft.model.backbone", config.sft.model.backbone)]  # fmt: skip
     if isinstance(config.eval.judge, dict) and config.eval.judge.get("kind") == "synthetic_gold":
         readers.append(("eval.judge", {"name_or_path": "synthetic", "from_scratch": True,
                                        "config": {"model_type": "llama"}}))  # fmt: skip

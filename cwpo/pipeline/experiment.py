@@ -10,6 +10,7 @@ it and those downstream of them.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import sys
@@ -22,8 +23,18 @@ import torch
 from cwpo.errors import ConfigError
 from cwpo.io import plain_data, write_json
 from cwpo.models import ModelSpec, as_model_spec, hidden_size, packaged_model_path
-from cwpo.modules.optim import OptimConfig
-from cwpo.pipeline.config import ExperimentConfig
+from cwpo.pipeline.config import (
+    AnnotateConfig,
+    AnnotatorModel,
+    ExperimentConfig,
+    OnlineModel,
+    PolicyModel,
+    PretrainModel,
+    SFTModel,
+    WeakPolicyModel,
+    WeakSFTModel,
+    block_arguments,
+)
 from cwpo.pipeline.console import LOGGERS, finish_wandb, stage_bar, stage_logger
 from cwpo.pipeline.console import quiet as _quiet
 from cwpo.pipeline.methods import MethodSpec, parse_method
@@ -38,34 +49,41 @@ CARD_METRICS = ("gra", "gra_se", "wins", "ties", "losses", "mean_gold_reward", "
                 "gold_gain_se", "mean_length", "eos_rate", "heldout_gold_accuracy", "heldout_human_accuracy",
                 "annotator_val_accuracy", "weak_label_agreement")  # fmt: skip
 
-# The config fields each stage reads (dotted paths of ExperimentConfig); a stage's key holds their values. The
-# Trainer settings (trainer, precision and, for precision=auto, the backbone's width) and the datamodules' own
-# fields are read by every training stage.
-_WEAK_TRAINER = ("trainer", "precision", "weak.backbone")
-_WS_TRAINER = ("trainer", "precision", "weak.backbone", "weak.ws_backbone")  # WS-DPO's weak causal LM
-_STRONG_TRAINER = ("trainer", "precision", "strong.backbone")
+# The config fields each stage reads (dotted paths of ExperimentConfig); a stage's key holds their values. A model
+# block is read field by field (``sft.model.optim``), a stage's data and trainer blocks whole. Every training stage
+# reads the shared Trainer settings and precision (``auto`` looks at its backbone's width) and the shared data.
+_SHARED_TRAINER = ("trainer", "precision")
 _DATAMODULE = ("data.dataset", "data.max_length", "data.chat_template_for_text", "data.truncation")
 _SPLIT = ("data.split_ratio",)  # read by the stages that train on or label D_L / D_U
-ANNOTATOR_READS = (*_WEAK_TRAINER, *_DATAMODULE, *_SPLIT, "weak.epochs", "weak.batch_size", "weak.lr")
-ANNOTATE_READS = (*_WEAK_TRAINER, *_DATAMODULE, *_SPLIT, "weak.confidence")
-WS_SFT_READS = (*_WS_TRAINER, *_DATAMODULE, *_SPLIT, "weak.ws_sft_epochs", "weak.ws_lr", "weak.batch_size",
-                "strong.warmup_steps")  # fmt: skip
-_OFFLINE_SPEED = ("strong.prefix_sharing", "strong.logps_impl")  # the offline PolicyModule only
-_POLICY = ("strong.reference", "strong.tau", "strong.epsilon", "strong.warmup_steps", *_OFFLINE_SPEED)  # fmt: skip
-WS_POLICY_READS = (*_WS_TRAINER, *_DATAMODULE, *_SPLIT, *_POLICY, "weak.ws_dpo_epochs", "weak.ws_lr",
-                   "weak.ws_beta", "weak.batch_size")  # fmt: skip
-WS_ANNOTATE_READS = (*_DATAMODULE, *_SPLIT, "weak.ws_beta", "weak.confidence")
-PRETRAIN_READS = (*_STRONG_TRAINER, *_DATAMODULE, "strong.pretrain", "strong.warmup_steps")
-SFT_READS = (*_STRONG_TRAINER, *_DATAMODULE, "strong.sft_lora", "strong.sft_epochs", "strong.sft_lr",
-             "strong.batch_size", "strong.warmup_steps")  # fmt: skip
-PO_READS = (*_STRONG_TRAINER, *_DATAMODULE, *_POLICY, "strong.po_lora", "strong.po_epochs", "strong.po_lr",
-            "strong.beta")  # fmt: skip
-ONLINE_PO_READS = (*(r for r in PO_READS if r not in _OFFLINE_SPEED), "strong.online_max_new_tokens",
-                   "strong.online_temperature", "strong.online_batch_size", "eval.judge")  # fmt: skip
-GENERATE_READS = (*_STRONG_TRAINER, "data.dataset", "data.test_prompts", "data.chat_template_for_text",
-                  "eval.max_new_tokens", "eval.temperature", "eval.top_p", "eval.batch_size", "eval.stop_strings",
-                  "eval.backend", "eval.max_prompt_length")  # fmt: skip
-TEST_LOGPS_READS = (*_STRONG_TRAINER, *_DATAMODULE, "strong.logps_impl")  # one model's log-probs of the test pairs
+
+
+def _block(section: str, cls: type) -> tuple[str, ...]:
+    return tuple(f"{section}.{f.name}" for f in dataclasses.fields(cls))
+
+
+def _stage(name: str, model: type) -> tuple[str, ...]:
+    return (*_block(f"{name}.model", model), f"{name}.data", f"{name}.trainer")
+
+
+_WS_BACKBONE = ("annotator.model.backbone", "ws_sft.model.backbone")  # WS-DPO's weak causal LM
+ANNOTATOR_READS = (*_SHARED_TRAINER, *_stage("annotator", AnnotatorModel), *_DATAMODULE, *_SPLIT)
+ANNOTATE_READS = (*_SHARED_TRAINER, "annotator.trainer", "annotator.model.backbone", *_block("annotate", AnnotateConfig),
+                  *_DATAMODULE, *_SPLIT)  # fmt: skip
+WS_SFT_READS = (*_SHARED_TRAINER, *_WS_BACKBONE, *_stage("ws_sft", WeakSFTModel), *_DATAMODULE, *_SPLIT)
+WS_POLICY_READS = (*_SHARED_TRAINER, *_WS_BACKBONE, *_stage("ws_policy", WeakPolicyModel), *_DATAMODULE, *_SPLIT)
+WS_ANNOTATE_READS = (*_DATAMODULE, *_SPLIT, "ws_policy.model.beta", "annotate.confidence")
+PRETRAIN_READS = (*_SHARED_TRAINER, "sft.model.backbone", "pretrain.texts", *_stage("pretrain", PretrainModel),
+                  *_DATAMODULE)  # fmt: skip
+SFT_READS = (*_SHARED_TRAINER, *_stage("sft", SFTModel), *_DATAMODULE)
+PO_READS = (*_SHARED_TRAINER, "sft.model.backbone", *_stage("policy", PolicyModel), *_DATAMODULE)
+# online: the policy.model arguments OnlinePolicyModule takes, its own block, its prompts, the judge it monitors
+ONLINE_ONLY_POLICY = ("reference_batch_size", "prefix_sharing")  # PolicyModule's, not OnlinePolicyModule's
+ONLINE_PO_READS = (*(r for r in PO_READS if r.rsplit(".", 1)[-1] not in (*ONLINE_ONLY_POLICY, "data")),
+                   *_block("online.model", OnlineModel), "online.data", "eval.judge")  # fmt: skip
+GENERATE_READS = (*_SHARED_TRAINER, "sft.model.backbone", "data.dataset", "data.test_prompts",
+                  "data.chat_template_for_text", "eval.max_new_tokens", "eval.temperature", "eval.top_p",
+                  "eval.batch_size", "eval.stop_strings", "eval.backend", "eval.max_prompt_length")  # fmt: skip
+TEST_LOGPS_READS = (*_SHARED_TRAINER, "sft.model.backbone", *_DATAMODULE, "policy.model.logps_impl")
 HELDOUT_READS: tuple[str, ...] = ()  # two test_logps tables compared: what they read is in their keys
 DEQUANTIZE_READS: tuple[str, ...] = ()  # the GGUF spec is the stage's input
 # Fields no stage reads: they decide which stages run (seeds, methods; the method and the seed are in the stages'
@@ -89,16 +107,17 @@ def _spec(value: Any, seed: int) -> ModelSpec:
     return dataclasses.replace(spec, seed=spec.seed + 1000 * seed)
 
 
-def _trainer(folder: Path, epochs: int, extra: dict[str, Any], *, validate: bool = False, logger: Any = None,
+def _trainer(folder: Path, settings: dict[str, Any], *, validate: bool = False, logger: Any = None,
              progress: str | None = None):  # fmt: skip
-    """A stage's Trainer; ``logger``: its own logger (:meth:`Experiment._logger`; default a CSV log in ``folder``);
-    ``progress``: the label of a progress bar on stderr (``None``: no bar).
-    A ``logger`` in ``extra`` (``--trainer.logger``) may only be ``false``: one logger object shared by every stage
-    would write them all into one log; ``--logger`` picks the kind, and each stage gets its own."""
+    """A stage's Trainer from its settings (the shared ``trainer`` with the stage's own block over it; its
+    ``max_epochs`` the stage's epochs); ``logger``: its own logger (:meth:`Experiment._logger`; default a CSV log in
+    ``folder``); ``progress``: the label of a progress bar on stderr (``None``: no bar).
+    A ``logger`` in the settings may only be ``false``: one logger object shared by every stage would write them
+    all into one log; ``--logger`` picks the kind, and each stage gets its own."""
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
-    extra = dict(extra)
+    extra = dict(settings)
     if "logger" in extra:
         if extra.pop("logger") is not False:
             raise ConfigError("trainer.logger would be one logger shared by every stage; choose the kind with "
@@ -107,7 +126,6 @@ def _trainer(folder: Path, epochs: int, extra: dict[str, Any], *, validate: bool
     if progress:  # stdout holds the results: Lightning's own bars (tqdm or rich) write there
         extra["callbacks"] = [stage_bar(progress), *(extra.get("callbacks") or [])]
     settings = {
-        "max_epochs": epochs,
         "default_root_dir": str(folder),
         "logger": CSVLogger(str(folder), name="logs", version=0) if logger is None else logger,
         "enable_checkpointing": False,
@@ -122,10 +140,10 @@ def _trainer(folder: Path, epochs: int, extra: dict[str, Any], *, validate: bool
     return L.Trainer(**settings)
 
 
-def _stage_trainer(config: ExperimentConfig, backbone: Any) -> dict[str, Any]:
-    """``config.trainer`` with the Lightning precision that ``config.precision`` gives for ``backbone`` (an explicit
-    ``trainer.precision`` wins)."""
-    extra = plain_data(config.trainer)
+def _with_precision(config: ExperimentConfig, settings: dict[str, Any], backbone: Any) -> dict[str, Any]:
+    """``settings`` with the Lightning precision that ``config.precision`` gives for ``backbone`` (an explicit
+    ``precision`` in them wins)."""
+    extra = dict(settings)
     if "precision" not in extra:
         # Only ``auto`` looks at the model's width (its config: a hub read for a hub model).
         spec = as_model_spec(backbone if not isinstance(backbone, dict) else dict(backbone))
@@ -161,33 +179,34 @@ class Experiment:
         # progress bars inside long stages (training, annotation, generation): on a terminal, or when asked for
         self.bars = config.verbose or sys.stderr.isatty()
 
-    # Trainer settings of the weak and the strong model's stages, the resolved precision included, read from the
-    # config at each use (so the stage that uses them is seen reading trainer, precision and the backbone).
-    @property
-    def weak_trainer(self) -> dict[str, Any]:
-        return self._stage_trainer(self.config.weak.backbone)
-
-    @property
-    def strong_trainer(self) -> dict[str, Any]:
-        return self._stage_trainer(self.config.strong.backbone)
-
-    @property
-    def ws_trainer(self) -> dict[str, Any]:
-        """WS-DPO's weak causal LM: the annotator's backbone unless ``weak.ws_backbone`` names another model."""
-        ws = self.config.weak.ws_backbone
-        return self.weak_trainer if ws is None else self._stage_trainer(ws)
-
-    def _stage_trainer(self, backbone: Any) -> dict[str, Any]:
+    # Trainer settings, the resolved precision included, read from the config at each use (so the stage that uses
+    # them is seen reading trainer, precision, its own trainer block and its backbone).
+    def stage_trainer(self, stage: str | None, backbone: Any) -> dict[str, Any]:
+        """The shared ``trainer`` with ``stage``'s own trainer block over it (``None``: the shared one alone, for
+        generation and log-probs), and the precision for ``backbone``."""
         from cwpo.io import stable_hash
 
         config = self.config
-        memo = stable_hash([plain_data(config.trainer), config.precision, plain_data(backbone)])
+        settings = {**plain_data(config.trainer), **(plain_data(getattr(config, stage).trainer) if stage else {})}
+        memo = stable_hash([settings, config.precision, plain_data(backbone)])
         if memo not in self._trainers:
-            self._trainers[memo] = _stage_trainer(unwrap(config), backbone)
+            self._trainers[memo] = _with_precision(unwrap(config), settings, backbone)
         return dict(self._trainers[memo])
 
+    @property
+    def strong_backbone(self) -> Any:
+        return self.config.sft.model.backbone
+
+    @property
+    def ws_backbone(self) -> Any:
+        """WS-DPO's weak causal LM: the annotator's backbone unless ``ws_sft.model.backbone`` names another model."""
+        ws = self.config.ws_sft.model.backbone
+        return self.config.annotator.model.backbone if ws is None else ws
+
     # -- data -----------------------------------------------------------------------------------------------
-    def _datamodule(self, cls_name: str, dataset: Any, tokenizer: Any, part: str, seed: int, batch_size: int, **kw):
+    def _datamodule(self, cls_name: str, dataset: Any, tokenizer: Any, part: str, seed: int,
+                    stage_data: Any = None, **kw):  # fmt: skip
+        """A datamodule with the shared ``data`` settings, a stage's ``data`` block and ``kw`` (what the stage sets)."""
         from cwpo.data import datamodules
 
         data = self.config.data
@@ -200,8 +219,8 @@ class Experiment:
             max_length=data.max_length,
             chat_template_for_text=data.chat_template_for_text,
             truncation=data.truncation,
-            batch_size=batch_size,
             seed=seed,
+            **({} if stage_data is None else plain_data(stage_data)),
             **kw,
         )
 
@@ -218,7 +237,7 @@ class Experiment:
 
     # -- stage 1 and 2: the weak annotator ------------------------------------------------------------------
     def annotator(self, seed: int) -> StageResult:
-        weak = self.config.weak
+        stage = self.config.annotator
         inputs = {"seed": seed}
 
         def fit(folder: Path) -> dict[str, Any]:
@@ -228,24 +247,25 @@ class Experiment:
             from cwpo.modules.annotator import AnnotatorModule
 
             L.seed_everything(seed, workers=True, verbose=False)
-            spec = _spec(weak.backbone, seed)
-            module = AnnotatorModule(spec, optim=OptimConfig(lr=weak.lr, optimizer="adam", scheduler="constant"))
-            data = self._datamodule("PairDataModule", self.config.data.dataset, spec, "d_l", seed, weak.batch_size,
-                                    val_part="holdout", val_fraction=0.1)  # fmt: skip
-            trainer = _trainer(folder, weak.epochs, self.weak_trainer, validate=True,
-                               **self._outputs(folder, "annotator", "weak", seed))  # fmt: skip
+            arguments = block_arguments(stage.model)
+            spec = _spec(arguments.pop("backbone"), seed)
+            module = AnnotatorModule(spec, **arguments)
+            data = self._datamodule("PairDataModule", self.config.data.dataset, spec, "d_l", seed, stage.data,
+                                    val_part="holdout")  # fmt: skip
+            settings = self.stage_trainer("annotator", stage.model.backbone)
+            trainer = _trainer(folder, settings, validate=True, **self._outputs(folder, "annotator", "weak", seed))
             start = time.perf_counter()
             trainer.fit(module, data)
             seconds = time.perf_counter() - start
             export_annotator(module, folder / "annotator")
-            return {"val_accuracy": _metric(trainer, "val/accuracy"), "seconds_per_epoch": seconds / weak.epochs}
+            return {"val_accuracy": _metric(trainer, "val/accuracy"),
+                    "seconds_per_epoch": seconds / max(settings["max_epochs"], 1)}  # fmt: skip
 
         return self.stages.run("annotator", inputs, fit, reads=ANNOTATOR_READS)
 
     def annotate(self, seed: int, annotator: StageResult, part: str = "d_u") -> StageResult:
         """The annotator's labels and confidences on ``part``: D_U (what weak-label methods train on), or the test
         part (``annotate_test``: its held-out agreement with human labels, never trained on)."""
-        weak = self.config.weak
         inputs = {"seed": seed, "annotator": annotator.key}
         name = "annotate" if part == "d_u" else f"annotate_{part}"
         output = f"{part}_labelled.jsonl"
@@ -253,6 +273,7 @@ class Experiment:
         def label(folder: Path) -> dict[str, Any]:
             from cwpo.annotation.annotate import annotate_dataset
 
+            precision = self.stage_trainer("annotator", self.config.annotator.model.backbone)["precision"]
             result = annotate_dataset(
                 str(annotator.path / "annotator"),
                 self.config.data.dataset,
@@ -260,14 +281,13 @@ class Experiment:
                 part=part,
                 split_ratio=self.config.data.split_ratio,
                 split_seed=seed,
-                confidence=weak.confidence,
-                batch_size=64,
                 max_length=self.config.data.max_length,
                 truncation=self.config.data.truncation,
                 chat_template_for_text=self.config.data.chat_template_for_text,
                 report_dir=folder,
                 progress=self.bars,
-                trainer={"precision": self.weak_trainer["precision"]},
+                trainer={"precision": precision},
+                **block_arguments(self.config.annotate),
             )
             return {"n_pairs": result.n_pairs, "agreement": result.agreement,
                     "pairs_per_second": result.pairs_per_second}  # fmt: skip
@@ -277,18 +297,15 @@ class Experiment:
 
     # -- WS-DPO: the weak model as a DPO policy, labelling by its implicit reward ---------------------------
     def ws_labels(self, seed: int) -> StageResult:
-        weak = self.config.weak
-        backbone = weak.backbone if weak.ws_backbone is None else weak.ws_backbone
-        sft = self._sft_stage("ws_sft", {"seed": seed}, WS_SFT_READS, self.ws_trainer, self._start_spec(backbone, seed),
-                              None, self.config.data.dataset, "d_l", seed, weak.ws_sft_epochs, weak.ws_lr,
-                              weak.batch_size)  # fmt: skip
+        backbone = self.ws_backbone
+        sft = self._sft_stage("ws_sft", {"seed": seed}, WS_SFT_READS, backbone, self._start_spec(backbone, seed),
+                              self.config.data.dataset, "d_l", seed)  # fmt: skip
         policy_inputs = {"seed": seed, "sft": sft.key}
 
         def train_policy(folder: Path) -> dict[str, Any]:
-            self._fit_policy(folder, self._sft_model(sft, backbone, seed), None, MethodSpec("ws", "human"),
-                             self.config.data.dataset, "d_l", seed, epochs=weak.ws_dpo_epochs, lr=weak.ws_lr,
-                             beta=weak.ws_beta, batch_size=weak.batch_size,
-                             trainer=self.ws_trainer)  # fmt: skip
+            weak = self.ws_backbone  # read here too: the stage's precision is resolved for it
+            self._fit_policy("ws_policy", folder, self._sft_model(sft, weak, seed), MethodSpec("ws", "human"),
+                             self.config.data.dataset, "d_l", seed, weak)  # fmt: skip
             return {}
 
         policy = self.stages.run("ws_policy", policy_inputs, train_policy, reads=WS_POLICY_READS)
@@ -300,61 +317,65 @@ class Experiment:
             from cwpo.pipeline.implicit import label_by_implicit_reward
 
             reference = self._sft_model(sft, backbone, seed)
-            d_u = self._datamodule("PairDataModule", self.config.data.dataset, reference[0], "d_u", seed, 64,
-                                   group_by_length=False)  # fmt: skip
-            return label_by_implicit_reward(reference, policy.path / "model", d_u, folder, beta=weak.ws_beta,
-                                            confidence=weak.confidence)  # fmt: skip
+            d_u = self._datamodule("PairDataModule", self.config.data.dataset, reference[0], "d_u", seed,
+                                   batch_size=64, group_by_length=False)  # fmt: skip
+            return label_by_implicit_reward(reference, policy.path / "model", d_u, folder,
+                                            beta=self.config.ws_policy.model.beta,
+                                            confidence=self.config.annotate.confidence)  # fmt: skip
 
         return self.stages.run("ws_annotate", {**policy_inputs, "policy": policy.key}, label, reads=WS_ANNOTATE_READS)
 
     # -- stage 3: the strong model --------------------------------------------------------------------------
-    def _sft_stage(self, name, inputs, reads, trainer_settings, spec, lora, dataset, part, seed, epochs, lr,
-                   batch_size) -> StageResult:  # fmt: skip
+    def _sft_stage(self, name, inputs, reads, backbone, spec, dataset, part, seed) -> StageResult:
+        """An SFT stage (``sft`` or ``ws_sft``) from its config section of that name; ``backbone``: the config value
+        its precision is resolved for, ``spec``: the model it starts from."""
 
         def fit(folder: Path) -> dict[str, Any]:
             import lightning as L
 
             from cwpo.modules.sft import SFTModule
 
+            stage = getattr(self.config, name)
             L.seed_everything(seed, workers=True, verbose=False)
-            out = folder / ("adapter" if lora is not None else "model")
-            warmup = self.config.strong.warmup_steps
+            arguments = block_arguments(stage.model)
+            arguments.pop("backbone")
+            out = folder / ("adapter" if arguments["lora"] is not None else "model")
             # with LoRA, the merged SFT model too: the base that a PO adapter stacked on this one names
-            module = SFTModule(spec, lora=lora, optim=OptimConfig(lr=lr, warmup_steps=warmup), export_dir=str(out),
-                               export_merged=lora is not None and self.config.strong.merge_sft)  # fmt: skip
-            data = self._datamodule("SFTDataModule", dataset, spec, part, seed, batch_size)
+            arguments["export_merged"] = arguments["export_merged"] and arguments["lora"] is not None
+            module = SFTModule(spec, export_dir=str(out), **arguments)
+            data = self._datamodule("SFTDataModule", dataset, spec, part, seed, stage.data)
             labels = next(iter((inputs.get("labels") or {"weak": None}).items()))  # ws_sft: the weak model
             source = "human_all" if labels == ("human", "train") else labels[0]
-            trainer = _trainer(folder, epochs, trainer_settings, **self._outputs(folder, name, source, seed))
+            trainer = _trainer(folder, self.stage_trainer(name, backbone), **self._outputs(folder, name, source, seed))
             trainer.fit(module, data)
             return {"train_loss": _metric(trainer, "train/loss")}
 
         return self.stages.run(name, inputs, fit, reads=reads)
 
     def _sft_model(self, sft: StageResult, backbone: Any, seed: int) -> tuple[ModelSpec, str | None]:
-        """``(spec, init_adapter)`` of an SFT stage's model: a saved full model, or base + SFT adapter."""
+        """``(spec, init_adapter)`` of an SFT stage's model: a saved full model, or base + SFT adapter; ``backbone``:
+        the config value it was trained from (the strong model's starts from its pretraining, when it has one)."""
         if (sft.path / "model").exists():
             # The seed still matters for a saved model: it seeds the PO LoRA adapter's init (build_causal_lm).
             return ModelSpec(str(sft.path / "model"), seed=seed), None
-        base = self._strong_start(seed) if backbone is self.config.strong.backbone else self._start_spec(backbone, seed)
+        base = self._strong_start(seed) if backbone is self.strong_backbone else self._start_spec(backbone, seed)
         return base, str(sft.path / "adapter")
 
     def pretrain(self) -> StageResult | None:
         """The strong model's pretraining stage (one for every seed), or ``None`` when it has none: causal-LM
-        training from random weights on unlabelled synthetic text (:class:`cwpo.pipeline.config.PretrainConfig`)."""
-        strong, data = self.config.strong, self.config.data
-        spec = as_model_spec(plain_data(strong.backbone))
-        if strong.pretrain is None or not spec.from_scratch:
+        training from random weights on unlabelled synthetic text (:class:`cwpo.pipeline.config.PretrainStage`)."""
+        data = self.config.data
+        spec = as_model_spec(plain_data(self.strong_backbone))
+        if self.config.pretrain is None or not spec.from_scratch:
             return None
         dataset = plain_data(data.dataset)
         name = dataset if isinstance(dataset, str) else dataset.get("name") if isinstance(dataset, dict) else None
         if name != "synthetic":
             raise ConfigError(
-                f"strong.pretrain needs the synthetic dataset (its generator writes the unlabelled text), got "
-                f"{dataset!r}; set strong.pretrain: null"
+                f"pretrain needs the synthetic dataset (its generator writes the unlabelled text), got "
+                f"{dataset!r}; set pretrain: null"
             )
         data_seed = int((dataset.get("args") or {}).get("seed", 0)) if isinstance(dataset, dict) else 0
-        settings = plain_data(strong.pretrain)
         inputs = {"data_seed": data_seed}
 
         def fit(folder: Path) -> dict[str, Any]:
@@ -365,24 +386,24 @@ class Experiment:
             from cwpo.data.synthetic import pretraining_records
             from cwpo.modules.sft import SFTModule
 
-            corpus = save_pairs(Dataset.from_list(pretraining_records(settings["texts"], data_seed)),
-                                folder / "corpus.jsonl")  # fmt: skip
+            stage = self.config.pretrain
+            texts = stage.texts
+            corpus = save_pairs(Dataset.from_list(pretraining_records(texts, data_seed)), folder / "corpus.jsonl")
             L.seed_everything(spec.seed, workers=True, verbose=False)
-            optim = OptimConfig(lr=settings["lr"], warmup_steps=strong.warmup_steps)
-            module = SFTModule(spec, lora=None, optim=optim, export_dir=str(folder / "model"))
-            loader = self._datamodule("SFTDataModule", str(corpus), spec, "all", spec.seed, settings["batch_size"])
-            trainer = _trainer(folder, settings["epochs"], self.strong_trainer,
+            module = SFTModule(spec, lora=None, export_dir=str(folder / "model"), **block_arguments(stage.model))
+            loader = self._datamodule("SFTDataModule", str(corpus), spec, "all", spec.seed, stage.data)
+            trainer = _trainer(folder, self.stage_trainer("pretrain", self.strong_backbone),
                                **self._outputs(folder, "pretrain", "strong", "_all"))  # fmt: skip
             trainer.fit(module, loader)
-            return {"train_loss": _metric(trainer, "train/loss"), "texts": settings["texts"]}
+            return {"train_loss": _metric(trainer, "train/loss"), "texts": texts}
 
         return self.stages.run("pretrain", inputs, fit, reads=PRETRAIN_READS)
 
     def _strong_start(self, seed: int) -> ModelSpec:
         """The strong model SFT starts from: the pretrained model when there is a pretraining stage."""
         if self._pretrained is not None:
-            return ModelSpec(str(self._pretrained.path / "model"), seed=_spec(self.config.strong.backbone, seed).seed)
-        return self._start_spec(self.config.strong.backbone, seed)
+            return ModelSpec(str(self._pretrained.path / "model"), seed=_spec(self.strong_backbone, seed).seed)
+        return self._start_spec(self.strong_backbone, seed)
 
     def _start_spec(self, backbone: Any, seed: int) -> ModelSpec:
         """``_spec(backbone, seed)``, but a GGUF checkpoint is dequantised once (stage ``dequantize``: float weights
@@ -410,59 +431,51 @@ class Experiment:
         return ModelSpec(str(stage.path / "model"), dtype=spec.dtype, seed=spec.seed)
 
     def sft(self, seed: int, source: str, labels) -> StageResult:
-        strong = self.config.strong
         dataset, part, label_key = labels
         inputs = {"seed": seed, "labels": label_key,
                   "pretrain": None if self._pretrained is None else self._pretrained.key}  # fmt: skip
         reads = SFT_READS + (_SPLIT if part in ("d_l", "d_u") else ())
-        return self._sft_stage("sft", inputs, reads, self.strong_trainer, self._strong_start(seed), strong.sft_lora,
-                               dataset, part, seed, strong.sft_epochs, strong.sft_lr, strong.batch_size)  # fmt: skip
+        return self._sft_stage("sft", inputs, reads, self.strong_backbone, self._strong_start(seed), dataset, part,
+                               seed)  # fmt: skip
 
-    def _policy_kwargs(self, folder: Path, lora, method: MethodSpec, *, lr: float, beta: float) -> dict[str, Any]:
-        """The arguments PolicyModule and OnlinePolicyModule share: objective, weighting, reference, optimiser, export."""
-        strong = self.config.strong
-        reference = strong.reference
-        if method.online and reference == "precomputed":
-            reference = "adapter_disabled"  # on-policy pairs are new at every step: nothing to precompute
-        if lora is None and reference == "adapter_disabled":
-            reference = "separate"  # a full fine-tune has no adapter to switch off
+    def _policy_arguments(self, name: str, folder: Path, method: MethodSpec, module: type) -> dict[str, Any]:
+        """``name``'s (``policy`` or ``ws_policy``) model block as ``module``'s arguments, with what the method and
+        the stage set: objective, weighting, export folder; a reference the run can take."""
+        accepted = set(inspect.signature(module.__init__).parameters)
+        model = getattr(self.config, name).model
+        arguments = {f.name: getattr(model, f.name) for f in dataclasses.fields(unwrap(model)) if f.name in accepted}
+        if method.online and arguments["reference"] == "precomputed":
+            arguments["reference"] = "adapter_disabled"  # on-policy pairs are new at every step: nothing to precompute
+        if arguments["lora"] is None and arguments["reference"] == "adapter_disabled":
+            arguments["reference"] = "separate"  # a full fine-tune has no adapter to switch off
+        arguments["export_merged"] = arguments["export_merged"] and arguments["lora"] is not None  # LoRA's alone
         return {
-            "lora": lora,
-            "optim": OptimConfig(lr=lr, warmup_steps=strong.warmup_steps),
+            **arguments,
             "objective": method.objective,
-            "beta": beta,
-            "tau": strong.tau,
-            "epsilon": strong.epsilon,
             "weighting": method.weighting,
-            "reference": reference,
-            "export_dir": str(folder / ("adapter" if lora is not None else "model")),
+            "export_dir": str(folder / ("adapter" if arguments["lora"] is not None else "model")),
         }
 
-    def _fit_policy(self, folder, model, lora, method, dataset, part, seed, *, epochs, lr, beta, batch_size, trainer):
+    def _fit_policy(self, name, folder, model, method, dataset, part, seed, backbone):
+        """A preference-optimisation stage (``policy`` or ``ws_policy``) from its config section of that name."""
         import lightning as L
 
         from cwpo.modules.policy import PolicyModule
 
         L.seed_everything(seed, workers=True, verbose=False)
         spec, init_adapter = model
-        module = PolicyModule(
-            spec,
-            init_adapter=init_adapter,
-            top_n_fraction=method.top_n_fraction,
-            reference_cache_dir=str(folder / "reference_cache"),
-            prefix_sharing=self.config.strong.prefix_sharing,
-            logps_impl=self.config.strong.logps_impl,
-            **self._policy_kwargs(folder, lora, method, lr=lr, beta=beta),
-        )
-        data = self._datamodule("PairDataModule", dataset, spec, part, seed, batch_size,
-                                prefix_sharing=self.config.strong.prefix_sharing)  # fmt: skip
-        stage, name = ("ws_policy", "weak") if method.name == "ws" else ("po", method.name)  # ws: the weak policy
-        trainer = _trainer(folder, epochs, trainer, **self._outputs(folder, stage, name, seed))
+        arguments = self._policy_arguments(name, folder, method, PolicyModule)
+        module = PolicyModule(spec, init_adapter=init_adapter, top_n_fraction=method.top_n_fraction,
+                              reference_cache_dir=str(folder / "reference_cache"), **arguments)  # fmt: skip
+        data = self._datamodule("PairDataModule", dataset, spec, part, seed, getattr(self.config, name).data,
+                                prefix_sharing=arguments["prefix_sharing"])  # fmt: skip
+        stage, method_name = ("ws_policy", "weak") if name == "ws_policy" else ("po", method.name)
+        trainer = _trainer(folder, self.stage_trainer(name, backbone),
+                           **self._outputs(folder, stage, method_name, seed))  # fmt: skip
         trainer.fit(module, data)
         return trainer
 
     def po(self, seed: int, method: MethodSpec, sft: StageResult, labels) -> StageResult:
-        strong = self.config.strong
         dataset, part, label_key = labels
         inputs = {"seed": seed, "sft": sft.key, "labels": label_key, "method": plain_data(method) | {"name": None}}
         if method.online:
@@ -470,25 +483,24 @@ class Experiment:
 
         def fit(folder: Path) -> dict[str, Any]:
             labels_path = dataset
-            if method.weighting == "confidence" and method.scheme != self.config.weak.confidence:
+            if method.weighting == "confidence" and method.scheme != self.config.annotate.confidence:
                 labels_path = str(_rescheme(Path(dataset), folder / "labels.jsonl", method.scheme))
-            trainer = self._fit_policy(folder, self._sft_model(sft, strong.backbone, seed), strong.po_lora, method,
-                                       labels_path, part, seed, epochs=strong.po_epochs, lr=strong.po_lr,
-                                       beta=strong.beta, batch_size=strong.batch_size,
-                                       trainer=self.strong_trainer)  # fmt: skip
+            backbone = self.strong_backbone
+            trainer = self._fit_policy("policy", folder, self._sft_model(sft, backbone, seed), method, labels_path,
+                                       part, seed, backbone)  # fmt: skip
             return {
                 "train_loss": _metric(trainer, "train/loss"),
                 "reward_accuracy": _metric(trainer, "rewards/accuracies"),
             }
 
-        reads = PO_READS + ("strong.batch_size",) + (_SPLIT if part in ("d_l", "d_u") else ())
+        reads = PO_READS + (_SPLIT if part in ("d_l", "d_u") else ())
         if method.weighting == "confidence":
-            reads += ("weak.confidence",)  # a scheme other than the annotation's re-weights the labels
+            reads += ("annotate.confidence",)  # a scheme other than the annotation's re-weights the labels
         return self.stages.run("po", inputs, fit, reads=reads, method=method.name)
 
     def _online_po(self, seed: int, method: MethodSpec, sft: StageResult, inputs: dict[str, Any]) -> StageResult:
         """Online CW-DPO (appendix J.5): the SFT policy samples pairs for D_U's prompts, the annotator labels them."""
-        strong, data = self.config.strong, self.config.data
+        data = self.config.data
         annotator = self._annotator_stages[seed]
         judge = self.config.eval.judge
         monitor = dict(judge) if judge.get("kind") == "synthetic_gold" else None  # cheap enough to run every step
@@ -500,22 +512,22 @@ class Experiment:
             from cwpo.modules.online import OnlinePolicyModule
 
             L.seed_everything(seed, workers=True, verbose=False)
-            spec, init_adapter = self._sft_model(sft, strong.backbone, seed)
+            backbone = self.strong_backbone
+            spec, init_adapter = self._sft_model(sft, backbone, seed)
             module = OnlinePolicyModule(
                 spec,
                 str(annotator.path / "annotator"),
                 init_adapter=init_adapter,
                 confidence=method.scheme,
-                max_new_tokens=strong.online_max_new_tokens,
-                temperature=strong.online_temperature,
                 sample_seed=seed,
                 annotator_max_length=data.max_length,
                 chat_template_for_text=data.chat_template_for_text,
                 monitor_judge=monitor,
-                **self._policy_kwargs(folder, strong.po_lora, method, lr=strong.po_lr, beta=strong.beta),
+                **block_arguments(self.config.online.model),
+                **self._policy_arguments("policy", folder, method, OnlinePolicyModule),
             )
-            prompts = self._datamodule("PromptDataModule", data.dataset, spec, "d_u", seed, strong.online_batch_size)
-            trainer = _trainer(folder, strong.po_epochs, self.strong_trainer,
+            prompts = self._datamodule("PromptDataModule", data.dataset, spec, "d_u", seed, self.config.online.data)
+            trainer = _trainer(folder, self.stage_trainer("policy", backbone),
                                **self._outputs(folder, "po", method.name, seed))  # fmt: skip
             trainer.fit(module, prompts)
             return {"train_loss": _metric(trainer, "train/loss"), "reward_accuracy": _metric(trainer, "rewards/accuracies"),
@@ -561,7 +573,7 @@ class Experiment:
                     lm.save_pretrained(str(tmp))
                     tokenizer.save_pretrained(str(tmp))
                 lm = str(folder / "merged")
-            trainer = default_trainer(**self.strong_trainer)
+            trainer = default_trainer(**self.stage_trainer(None, self.strong_backbone))
             records = generate(lm, tokenizer, self._test_prompts(), config, trainer=trainer,
                                output_path=folder / "generations.jsonl")  # fmt: skip
             return {
@@ -628,7 +640,6 @@ class Experiment:
     def _test_logps(self, seed: int, key: Any, model: tuple[ModelSpec, str | None], adapter: str | None = None):
         """Stage ``test_logps``: ``(n, 4)`` summed response log-probs and token counts of the test pairs'
         (chosen, rejected) under one model (``key`` names it), computed once and read by every comparison."""
-        strong = self.config.strong
         inputs = {"model": key, "seed": seed}
 
         def run(folder: Path) -> dict[str, Any]:
@@ -638,11 +649,11 @@ class Experiment:
             lm = build_causal_lm(model[0], init_adapter=model[1], trainable=False)
             if adapter is not None:
                 lm = merge_adapter(lm, adapter)
-            test = self._datamodule("PairDataModule", self.config.data.dataset, model[0], "test", seed, 64,
-                                    group_by_length=False)  # fmt: skip
+            test = self._datamodule("PairDataModule", self.config.data.dataset, model[0], "test", seed,
+                                    batch_size=64, group_by_length=False)  # fmt: skip
             test.setup("fit")
-            bf16 = str(self.strong_trainer.get("precision", "")).startswith("bf16")
-            table = logps_table(lm, test, impl=strong.logps_impl, bf16=bf16, batch_size=16)
+            bf16 = str(self.stage_trainer(None, self.strong_backbone).get("precision", "")).startswith("bf16")
+            table = logps_table(lm, test, impl=self.config.policy.model.logps_impl, bf16=bf16, batch_size=16)
             from cwpo.io import atomic_path
 
             with atomic_path(folder / "logps.pt") as tmp:
@@ -695,7 +706,7 @@ class Experiment:
         and as the gold reward does when there is one? (Ties count as wrong.) Per-pair human outcomes are in
         ``heldout.json`` for paired comparisons. ``reference_model`` / ``reference_adapter``: the reference, when
         it is not ``sft``'s model (cwpo evaluate)."""
-        reference = reference_model or self._sft_model(sft, self.config.strong.backbone, seed)
+        reference = reference_model or self._sft_model(sft, self.strong_backbone, seed)
         ref, ref_stage = self._test_logps(seed, sft.key, reference, reference_adapter)
         policy, policy_stage = self._test_logps(seed, po.key, model, adapter)
         inputs = {"po": po.key, "sft": sft.key, "seed": seed, "logps": [ref_stage.key, policy_stage.key]}
@@ -712,7 +723,7 @@ class Experiment:
         """Held-out preference accuracy of an SFT model, which has no DPO reference of its own: its implicit reward
         against the model it started from, ``log π_SFT(y|x) − log π_base(y|x)`` (the SFT adapter's log-ratio), and,
         beside it, the plain length-normalised log-likelihood ``log π_SFT(y|x) / |y|`` (no reference)."""
-        backbone = self.config.strong.backbone
+        backbone = self.strong_backbone
         base, base_stage = self._test_logps(seed, {"base": plain_data(backbone),
                                                    "pretrain": None if self._pretrained is None
                                                    else self._pretrained.key}, (self._strong_start(seed), None))  # fmt: skip
@@ -877,7 +888,7 @@ class Experiment:
                     sft = self.sft(seed, source, labels)
                     sft_stages[source] = sft
                     sft_generations[source] = self.generate(
-                        seed, sft, self._sft_model(sft, self.config.strong.backbone, seed), None
+                        seed, sft, self._sft_model(sft, self.strong_backbone, seed), None
                     )
                     self.generation_files.setdefault(
                         f"sft ({source})", sft_generations[source].path / "generations.jsonl"
@@ -891,7 +902,7 @@ class Experiment:
                     sft = sft_stages[method.labels]
                     po = self.po(seed, method, sft, labels)
                     adapter = str(po.path / "adapter") if (po.path / "adapter").exists() else None
-                    model = self._sft_model(sft, self.config.strong.backbone, seed)
+                    model = self._sft_model(sft, self.strong_backbone, seed)
                     if adapter is None:
                         model = (ModelSpec(str(po.path / "model")), None)
                     generation = self.generate(seed, po, model, adapter)

@@ -172,8 +172,12 @@ class ReadRecorder:
         self.pending = set()
 
 
-def _is_section(value: Any) -> bool:
-    return dataclasses.is_dataclass(value) and not isinstance(value, type) and type(value).__name__.endswith("Config")
+def _is_section(value: Any, prefix: str) -> bool:
+    """The config's own sections (data, sft, eval, ...) and, inside a stage's section, its model block: their
+    fields are recorded one by one; every other value (a stage's data and trainer blocks, an ``optim``) is a leaf."""
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return False
+    return prefix == "" or (prefix.count(".") == 1 and type(value).__name__.endswith("Model"))
 
 
 class _Recording:
@@ -187,7 +191,7 @@ class _Recording:
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._target, name)
         path = f"{self._prefix}{name}"
-        if _is_section(value) and self._prefix == "":  # data, weak, strong, eval: sections; the rest are leaves
+        if _is_section(value, self._prefix):
             return _Recording(value, f"{path}.", self._recorder)
         self._recorder.record(path)
         return value
@@ -202,7 +206,7 @@ def unwrap(config: Any) -> Any:
 
 
 def resolve(config: Any, path: str) -> Any:
-    """The value at a dotted ``path`` of ``config`` (``strong.po_lr``)."""
+    """The value at a dotted ``path`` of ``config`` (``policy.model.optim``)."""
     value = unwrap(config)
     for part in path.split("."):
         value = value[part] if isinstance(value, dict) else getattr(value, part)

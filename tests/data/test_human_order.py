@@ -96,7 +96,7 @@ def test_the_pipeline_human_method_and_ws_dpo_train_on_the_human_order(files, tm
     """``cwpo run``: the SFT of the ``human`` method (D_U) and WS-DPO's SFT and DPO (D_L) read the user's file; every
     pair their datamodules serve is in human order."""
     from cwpo.data.datamodules import PreferenceDataModule
-    from cwpo.pipeline.config import DataConfig, EvalConfig, ExperimentConfig, StrongConfig, WeakConfig
+    from cwpo.pipeline.config import experiment_config
     from cwpo.pipeline.experiment import Experiment
 
     human = {(r["prompt"], r["chosen"], r["rejected"]) for r in load_local(files["human"][0])}
@@ -110,13 +110,14 @@ def test_the_pipeline_human_method_and_ws_dpo_train_on_the_human_order(files, tm
 
     monkeypatch.setattr(PreferenceDataModule, "load_records", recording)
     dataset = {"name": "local", "path": str(files["user"][0]), "test_path": str(files["user"][1])}
-    config = ExperimentConfig(
-        name="human order", run_dir=str(tmp_path), seeds=[0], methods=["human", "ws-dpo"],
-        data=DataConfig(dataset=dataset, max_length=64, test_prompts=4),
-        weak=WeakConfig(epochs=1, ws_sft_epochs=1, ws_dpo_epochs=1, batch_size=8),
-        strong=StrongConfig(sft_epochs=1, po_epochs=1, batch_size=8, pretrain=None),  # no pretraining on a local file
-        eval=EvalConfig(max_new_tokens=4),
-    )  # fmt: skip
+    small = {"data": {"batch_size": 8}, "trainer": {"max_epochs": 1}}
+    config = experiment_config({
+        "name": "human order", "run_dir": str(tmp_path), "seeds": [0], "methods": ["human", "ws-dpo"],
+        "data": {"dataset": dataset, "max_length": 64, "test_prompts": 4},
+        **{stage: small for stage in ("annotator", "ws_sft", "ws_policy", "sft", "policy")},
+        "pretrain": None,  # no pretraining on a local file
+        "eval": {"max_new_tokens": 4},
+    })  # fmt: skip
     experiment = Experiment(config)
     experiment.sft(0, "human", experiment._labels("human", 0, None, None))
     n_d_u = len(served)

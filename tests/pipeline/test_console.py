@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--seeds", "[0]", "--methods", "[human]", "--data.dataset", "{name: synthetic, args: {n_pairs: 240, n_test_pairs: 12}}",
-        "--data.test_prompts", "12", "--weak.epochs", "1", "--strong.sft_epochs", "1", "--strong.po_epochs", "1",
-        "--strong.pretrain.texts", "64", "--eval.max_new_tokens", "6"]  # fmt: skip
+        "--data.test_prompts", "12", "--annotator.trainer.max_epochs", "1", "--sft.trainer.max_epochs", "1",
+        "--policy.trainer.max_epochs", "1", "--pretrain.texts", "64", "--eval.max_new_tokens", "6"]  # fmt: skip
 NOISE = ("GPU available", "TPU available", "litlogger", "💡", "it/s]", "Warning", "warn", "Loading weights",
          "Writing model shards", "Setting accelerator", "Trainer(")  # fmt: skip
 

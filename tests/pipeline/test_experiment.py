@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cwpo.pipeline import experiment as experiment_module
-from cwpo.pipeline.config import DataConfig, EvalConfig, ExperimentConfig, PretrainConfig, StrongConfig, WeakConfig
+from cwpo.pipeline.config import ExperimentConfig, experiment_config
 from cwpo.pipeline.experiment import Experiment, method_family
 from cwpo.pipeline.methods import parse_method
 
@@ -16,16 +16,17 @@ pytestmark = pytest.mark.slow
 
 
 def micro_config(run_dir, methods) -> ExperimentConfig:
-    return ExperimentConfig(
-        name="micro",
-        run_dir=str(run_dir),
-        seeds=[0],
-        methods=list(methods),
-        data=DataConfig(dataset={"name": "synthetic", "args": {"n_pairs": 240, "n_test_pairs": 12}}, test_prompts=12),
-        weak=WeakConfig(epochs=1, ws_sft_epochs=1, ws_dpo_epochs=1),
-        strong=StrongConfig(sft_epochs=1, po_epochs=1, pretrain=PretrainConfig(texts=64, epochs=1)),
-        eval=EvalConfig(max_new_tokens=6),
-    )
+    one_epoch = {"trainer": {"max_epochs": 1}}
+    return experiment_config({
+        "name": "micro",
+        "run_dir": str(run_dir),
+        "seeds": [0],
+        "methods": list(methods),
+        "data": {"dataset": {"name": "synthetic", "args": {"n_pairs": 240, "n_test_pairs": 12}}, "test_prompts": 12},
+        **{stage: one_epoch for stage in ("annotator", "ws_sft", "ws_policy", "sft", "policy")},
+        "pretrain": {"texts": 64},
+        "eval": {"max_new_tokens": 6},
+    })  # fmt: skip
 
 
 def stage_names(labels: list[str]) -> list[str]:

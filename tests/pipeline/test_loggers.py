@@ -55,7 +55,7 @@ def test_a_trainer_logger_override_is_refused_before_any_stage_runs(tmp_path):
 
 
 def test_trainer_logger_false_turns_logging_off_and_none_logs_nothing(tmp_path):
-    assert _trainer(tmp_path, 1, {"logger": False}).logger is None
+    assert _trainer(tmp_path, {"max_epochs": 1, "logger": False}).logger is None
     experiment = Experiment(micro_config(tmp_path, ["human"]))
     experiment.config.logger = "none"
     assert experiment._logger(tmp_path, "po", "human", 0) is False

@@ -22,8 +22,10 @@ methods: [human, cw-dpo]
 data:
   dataset: {{name: synthetic, args: {{n_pairs: 120, n_test_pairs: 6}}}}
   test_prompts: 6
-weak: {{epochs: 1}}
-strong: {{sft_epochs: 1, po_epochs: 1, pretrain: {{texts: 32, epochs: 1}}}}
+annotator: {{trainer: {{max_epochs: 1}}}}
+sft: {{trainer: {{max_epochs: 1}}}}
+policy: {{trainer: {{max_epochs: 1}}}}
+pretrain: {{texts: 32}}
 eval: {{max_new_tokens: 4}}
 run_dir: {run_dir}
 """

@@ -24,8 +24,8 @@ def test_a_run_with_lora_sft_and_po_exports_adapters_that_load_anywhere_with_fil
 
     monkeypatch.chdir(tmp_path)
     config = micro_config("runs/micro", ["cw-dpo", "ws-dpo"])  # a relative run_dir, as by default
-    config.strong.sft_lora = LoraSpec(r=4, alpha=8, dropout=0.0)
-    config.strong.po_lora = LoraSpec(r=4, alpha=8, dropout=0.0)
+    config.sft.model.lora = LoraSpec(r=4, alpha=8, dropout=0.0)
+    config.policy.model.lora = LoraSpec(r=4, alpha=8, dropout=0.0)
     experiment = Experiment(config)
     rows = experiment.run()
 

@@ -13,7 +13,7 @@ import pytest
 
 from cwpo.models import LoraSpec
 from cwpo.pipeline import experiment as experiment_module
-from cwpo.pipeline.config import DataConfig, EvalConfig, ExperimentConfig, PretrainConfig, StrongConfig, WeakConfig
+from cwpo.pipeline.config import ExperimentConfig, experiment_config
 from cwpo.pipeline.experiment import ORCHESTRATION_FIELDS, Experiment
 from cwpo.pipeline.stages import ReadRecorder, code_fingerprint
 
@@ -22,20 +22,30 @@ pytestmark = pytest.mark.slow
 # Every kind of stage: pretrain, annotator, annotate, ws_sft/ws_policy/ws_annotate, SFT on human, all-human and
 # weak labels, PO (human, weak uniform, weak confidence, a re-weighting scheme, online), generation, held-out.
 METHODS = ["human", "human-100", "ws-dpo", "dpo", "cw-dpo", "cw-ipo@sigmoid", "online-cw-dpo"]
+ONE_EPOCH = {"trainer": {"max_epochs": 1}}
+
+
+def audit_values(run_dir) -> dict[str, Any]:
+    """The audited experiment, as its YAML would say it."""
+    return {
+        "name": "keys",
+        "run_dir": str(run_dir),
+        "seeds": [0],
+        "methods": list(METHODS),
+        "data": {"dataset": {"name": "synthetic", "args": {"n_pairs": 120, "n_test_pairs": 8}}, "test_prompts": 8},
+        "annotator": ONE_EPOCH,
+        "ws_sft": ONE_EPOCH,
+        "ws_policy": ONE_EPOCH,
+        "pretrain": {"texts": 32},
+        "sft": ONE_EPOCH,
+        "policy": {"model": {"lora": {"r": 2, "alpha": 4}, "reference": "adapter_disabled"}, **ONE_EPOCH},
+        "online": {"data": {"batch_size": 16}},
+        "eval": {"max_new_tokens": 4},
+    }
 
 
 def audit_config(run_dir) -> ExperimentConfig:
-    return ExperimentConfig(
-        name="keys",
-        run_dir=str(run_dir),
-        seeds=[0],
-        methods=list(METHODS),
-        data=DataConfig(dataset={"name": "synthetic", "args": {"n_pairs": 120, "n_test_pairs": 8}}, test_prompts=8),
-        weak=WeakConfig(epochs=1, ws_sft_epochs=1, ws_dpo_epochs=1),
-        strong=StrongConfig(sft_epochs=1, po_epochs=1, pretrain=PretrainConfig(texts=32, epochs=1),
-                            po_lora=LoraSpec(r=2, alpha=4), reference="adapter_disabled", online_batch_size=16),
-        eval=EvalConfig(max_new_tokens=4),
-    )  # fmt: skip
+    return experiment_config(audit_values(run_dir))
 
 
 @pytest.fixture(scope="module")
@@ -70,58 +80,68 @@ def test_every_field_a_stage_reads_is_declared_and_every_declared_field_is_read(
 
 
 def test_the_audit_can_fail(audited, monkeypatch, tmp_path):
-    """A stage that forgets a field it reads (strong.warmup_steps out of SFT's declaration) is caught."""
+    """A stage that forgets a field it reads (its optimiser, sft.model.optim, out of SFT's declaration) is caught."""
     monkeypatch.setattr(experiment_module, "SFT_READS", tuple(r for r in experiment_module.SFT_READS
-                                                              if r != "strong.warmup_steps"))  # fmt: skip
+                                                              if r != "sft.model.optim"))  # fmt: skip
     recorder = ReadRecorder(ignore=ORCHESTRATION_FIELDS)
-    config = dataclasses.replace(audit_config(tmp_path), methods=["human"], strong=dataclasses.replace(
-        audit_config(tmp_path).strong, pretrain=None))  # fmt: skip
+    config = experiment_config({**audit_values(tmp_path), "methods": ["human"], "pretrain": None})
     experiment = Experiment(recorder.wrap(config))
     experiment.stages.recorder = recorder
     experiment.run()
     sft = next(n for n in experiment.stages.graph.values() if n.name == "sft")
-    assert "strong.warmup_steps" in recorder.by_key[f"sft/{sft.key}"] - set(sft.reads)
+    assert "sft.model.optim" in recorder.by_key[f"sft/{sft.key}"] - set(sft.reads)
 
 
 # -- every leaf changed in turn ---------------------------------------------------------------------------------
+TINY_CAUSAL_LM = {
+    "name_or_path": "synthetic",
+    "from_scratch": True,
+    "seed": 7,
+    "config": {
+        "model_type": "llama",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 128,
+        "tie_word_embeddings": True,
+    },
+}
 ALTERNATIVES = {
     "precision": "fp32",
-    "weak.confidence": "sigmoid",
-    "strong.reference": "separate",
-    "strong.sft_lora": LoraSpec(r=4),
+    "annotate.confidence": "sigmoid",
     "eval.stop_strings": ["\n"],
     "logger": "none",
     "eval.backend": "vllm",  # planned only, so vllm need not be installed
     "data.truncation": "keep_end",
-    "strong.logps_impl": "hidden",
     "eval.max_prompt_length": 16,
-    "weak.ws_backbone": {
-        "name_or_path": "synthetic",
-        "from_scratch": True,
-        "seed": 7,
-        "config": {
-            "model_type": "llama",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 4,
-            "max_position_embeddings": 128,
-            "tie_word_embeddings": True,
-        },
-    },
+    "annotator.model.pooling": "last",
+    "ws_sft.model.backbone": TINY_CAUSAL_LM,
+    "ws_sft.model.lora": LoraSpec(r=4),
+    "sft.model.lora": LoraSpec(r=4),
+    "ws_policy.model.lora": LoraSpec(r=2),
+}
+# By the field's name, wherever it is (every stage's model block has some of them).
+ALTERNATIVES_BY_NAME = {
+    "reference": "separate",
+    "logps_impl": "hidden",
+    "reduction": "normalized",
+    "optimizer": "adamw",
+    "scheduler": "linear",
+    "reference_batch_size": 8,
 }
 # Values a plan cannot take another of without changing which stages exist, or that must stay what they are.
 FIXED = {
     "seeds",
     "methods",
     "data.dataset.name",
-    "weak.backbone.name_or_path",
-    "strong.backbone.name_or_path",
-    "weak.backbone.from_scratch",
-    "strong.backbone.from_scratch",
-    "weak.backbone.config.model_type",
-    "strong.backbone.config.model_type",
+    "annotator.model.backbone.name_or_path",
+    "sft.model.backbone.name_or_path",
+    "annotator.model.backbone.from_scratch",
+    "sft.model.backbone.from_scratch",
+    "annotator.model.backbone.config.model_type",
+    "sft.model.backbone.config.model_type",
     "eval.judge.kind",
 }
 
@@ -132,6 +152,11 @@ def _changed(value: Any, path: str) -> list[tuple[str, Any]]:
         return []
     if path in ALTERNATIVES:
         return [(path, ALTERNATIVES[path])]
+    name = path.rsplit(".", 1)[-1]
+    if name in ALTERNATIVES_BY_NAME and ALTERNATIVES_BY_NAME[name] != value:
+        return [(path, ALTERNATIVES_BY_NAME[name])]
+    if name == "optimizer":  # already adamw
+        return [(path, "adam")]
     if dataclasses.is_dataclass(value):
         return [(p, dataclasses.replace(value, **{f.name: v}))
                 for f in dataclasses.fields(value) for p, v in _changed(getattr(value, f.name), f"{path}.{f.name}")]  # fmt: skip
@@ -156,22 +181,46 @@ def _changed(value: Any, path: str) -> list[tuple[str, Any]]:
     return []
 
 
+def _is_model_block(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and type(value).__name__.endswith("Model")
+
+
 def _leaves(config: ExperimentConfig):
-    """``(leaf path, changed sub-path, new config)`` for every leaf of the experiment config."""
+    """``(leaf path, changed sub-path, new config)`` for every leaf of the experiment config, at the depth stages
+    read them: a top-level field, a section's field, a model block's field (``sft.model.optim``)."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):  # a section: data, weak, strong, eval
-            for g in dataclasses.fields(value):
-                leaf = f"{f.name}.{g.name}"
-                for sub, new in _changed(getattr(value, g.name), leaf):
-                    yield (
-                        leaf,
-                        sub,
-                        dataclasses.replace(config, **{f.name: dataclasses.replace(value, **{g.name: new})}),
-                    )
-        else:
+        if not dataclasses.is_dataclass(value):
             for sub, new in _changed(value, f.name):
                 yield f.name, sub, dataclasses.replace(config, **{f.name: new})
+            continue
+        for g in dataclasses.fields(value):  # a section: data, annotator, sft, policy, eval, ...
+            inner = getattr(value, g.name)
+            if _is_model_block(inner):
+                for h in dataclasses.fields(inner):
+                    leaf = f"{f.name}.{g.name}.{h.name}"
+                    for sub, new in _changed(getattr(inner, h.name), leaf):
+                        block = dataclasses.replace(inner, **{h.name: new})
+                        yield leaf, sub, dataclasses.replace(config, **{f.name: dataclasses.replace(value, **{
+                            g.name: block})})  # fmt: skip
+                continue
+            leaf = f"{f.name}.{g.name}"
+            for sub, new in _changed(inner, leaf):
+                yield leaf, sub, dataclasses.replace(config, **{f.name: dataclasses.replace(value, **{g.name: new})})
+
+
+def _every_leaf(config: ExperimentConfig) -> set[str]:
+    out = set()
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not dataclasses.is_dataclass(value):
+            out.add(f.name)
+            continue
+        for g in dataclasses.fields(value):
+            inner = getattr(value, g.name)
+            out |= ({f"{f.name}.{g.name}.{h.name}" for h in dataclasses.fields(inner)} if _is_model_block(inner)
+                    else {f"{f.name}.{g.name}"})  # fmt: skip
+    return out
 
 
 def _downstream(graph, keys: set[str]) -> set[str]:
@@ -205,11 +254,7 @@ def test_changing_any_leaf_gives_new_keys_to_exactly_the_stages_that_read_it(aud
                 problems.append(f"{sub}: new keys for {sorted(graph[order[i]].name for i in got)}, expected "
                                 f"{sorted(graph[order[i]].name for i in expected)}")  # fmt: skip
     assert problems == []
-    every = {f.name for f in dataclasses.fields(config) if not dataclasses.is_dataclass(getattr(config, f.name))}
-    every |= {
-        f"{s}.{g.name}" for s in ("data", "weak", "strong", "eval") for g in dataclasses.fields(getattr(config, s))
-    }
-    assert every - walked == {"seeds", "methods"}  # which stages run: they are in no key but in the plan
+    assert _every_leaf(config) - walked == {"seeds", "methods"}  # which stages run: they are in no key but in the plan
 
 
 def test_index_maps_stage_method_and_seed_to_folders(audited):
@@ -246,13 +291,9 @@ def test_a_local_data_file_edited_in_place_recomputes_its_stages(tmp_path):
     rows = [{k: r[k] for k in ("id", "prompt", "chosen", "rejected", "gold_reward_chosen", "gold_reward_rejected")}
             for r in load_split({"name": "synthetic", "args": {"n_pairs": 120, "n_test_pairs": 8}}, "train")]  # fmt: skip
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    base = audit_config(tmp_path / "run")
-    config = dataclasses.replace(
-        base,
-        methods=["human"],
-        data=dataclasses.replace(base.data, dataset={"name": "local", "path": str(data), "test_fraction": 0.1}),
-        strong=dataclasses.replace(base.strong, pretrain=None),
-    )
+    values = audit_values(tmp_path / "run")
+    config = experiment_config({**values, "methods": ["human"], "pretrain": None, "data": {
+        **values["data"], "dataset": {"name": "local", "path": str(data), "test_fraction": 0.1}}})  # fmt: skip
     first = Experiment(config)
     first.run()
     names = sorted(label.split("/")[0] for label in first.stages.computed)

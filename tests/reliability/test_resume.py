@@ -173,32 +173,26 @@ def test_saved_position_of_a_finished_epoch_is_ignored():
 
 
 def _tiny_experiment(run_dir: Path, seed: int):
-    from cwpo.models import LoraSpec
-    from cwpo.pipeline.config import DataConfig, EvalConfig, ExperimentConfig, StrongConfig
+    from cwpo.pipeline.config import experiment_config
 
     backbone = {"name_or_path": "synthetic", "from_scratch": True, "seed": 2,
                 "config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                            "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 64}}  # fmt: skip
-    return ExperimentConfig(
-        name="resume test",
-        run_dir=str(run_dir),
-        seeds=[seed],
-        methods=["human"],
-        data=DataConfig(
-            dataset={"name": "synthetic", "args": {"n_pairs": 40, "n_test_pairs": 4}}, max_length=48, test_prompts=4
-        ),  # fmt: skip
+    return experiment_config({
+        "name": "resume test",
+        "run_dir": str(run_dir),
+        "seeds": [seed],
+        "methods": ["human"],
+        "data": {"dataset": {"name": "synthetic", "args": {"n_pairs": 40, "n_test_pairs": 4}}, "max_length": 48,
+                 "test_prompts": 4},
         # LoRA PO and no pretraining stage (not the embedded default): the seed checks below follow a LoRA adapter
-        strong=StrongConfig(
-            backbone=backbone,
-            pretrain=None,
-            po_lora=LoraSpec(r=8, alpha=16, dropout=0.0),
-            sft_epochs=1,
-            po_epochs=1,
-            batch_size=8,
-            warmup_steps=0,
-        ),  # fmt: skip
-        eval=EvalConfig(max_new_tokens=4, batch_size=4),
-    )
+        "pretrain": None,
+        "sft": {"model": {"backbone": backbone, "optim": {"warmup_steps": 0}}, "data": {"batch_size": 8},
+                "trainer": {"max_epochs": 1}},
+        "policy": {"model": {"lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "optim": {"warmup_steps": 0}},
+                   "data": {"batch_size": 8}, "trainer": {"max_epochs": 1}},
+        "eval": {"max_new_tokens": 4, "batch_size": 4},
+    })  # fmt: skip
 
 
 @pytest.fixture
@@ -259,7 +253,7 @@ def test_pipeline_rerun_after_a_failure_reuses_the_finished_stages(tmp_path, mon
     config = _tiny_experiment(tmp_path / "run", seed)
     fit_policy = Experiment._fit_policy
 
-    def dies_mid_stage(self, folder, *args, **kwargs):
+    def dies_mid_stage(self, name, folder, *args, **kwargs):
         (Path(folder) / "adapter").mkdir()
         (Path(folder) / "adapter" / "adapter_model.safetensors").write_bytes(b"half written")
         raise RuntimeError("killed during preference optimisation")
