@@ -52,12 +52,13 @@ GRID = [
 
 def config(run_dir: str, seeds: list[int], test_prompts: int, beta, lr, epochs, lora, temperature):
     base = ExperimentConfig()
-    strong = dataclasses.replace(
-        base.strong, beta=beta, po_lr=lr, po_epochs=epochs,
-        po_lora=None if lora == FULL else LoraSpec(r=int(lora[1:]), alpha=2 * int(lora[1:]), dropout=0.0),
+    model = dataclasses.replace(
+        base.policy.model, beta=beta, optim=dataclasses.replace(base.policy.model.optim, lr=lr),
+        lora=None if lora == FULL else LoraSpec(r=int(lora[1:]), alpha=2 * int(lora[1:]), dropout=0.0),
     )  # fmt: skip
+    policy = dataclasses.replace(base.policy, model=model, trainer={**base.policy.trainer, "max_epochs": epochs})
     data = dataclasses.replace(base.data, test_prompts=test_prompts)
-    return dataclasses.replace(base, run_dir=run_dir, seeds=seeds, methods=["human"], strong=strong, data=data,
+    return dataclasses.replace(base, run_dir=run_dir, seeds=seeds, methods=["human"], policy=policy, data=data,
                                eval=dataclasses.replace(base.eval, temperature=temperature))  # fmt: skip
 
 

@@ -123,3 +123,35 @@ def test_tiny_configs_instantiate_without_building_a_model(name, monkeypatch, tm
     built = cli.model.model if name == "sft" else cli.model.policy
     assert built is None
     assert cli.model.lora.r == 8 and cli.model.optim.weight_decay == 0.05
+
+
+PAPER_EXPERIMENTS = [p for p in EXPERIMENT_YAMLS if not p.name.startswith("hh-harmless-local")]
+
+
+@pytest.mark.parametrize("path", PAPER_EXPERIMENTS, ids=_ids(PAPER_EXPERIMENTS))
+def test_a_paper_experiment_trains_its_strong_model_as_its_fit_configs_do(path):
+    """The strong stages of a paper experiment say what the ``cwpo fit`` configs of the same model say: gradient
+    checkpointing, LoRA, the optimiser (weight decay, schedule, warm-up), log-prob path, reduction, epochs,
+    accumulation and precision (batch sizes follow the experiment's devices and data)."""
+    from cwpo.run import load_config
+
+    config, _ = load_config(["--config", str(path)])
+    strong = config.sft.model.backbone["name_or_path"]
+    for stage in ("sft", "policy"):
+        fit_yamls = [p for p in sorted((CONFIGS / stage).glob("*.yaml"))
+                     if yaml.safe_load(p.read_text())["model"]["backbone"]["name_or_path"] == strong]  # fmt: skip
+        assert fit_yamls, (stage, strong)
+        fit_config = yaml.safe_load(fit_yamls[0].read_text())
+        block = getattr(config, stage)
+        model = fit_config["model"]
+        assert block.model.gradient_checkpointing == model["gradient_checkpointing"] is True
+        assert {k: getattr(block.model.lora, k) for k in ("r", "alpha", "dropout")} == {
+            k: model["lora"][k] for k in ("r", "alpha", "dropout")}  # fmt: skip
+        for key, value in model["optim"].items():
+            assert getattr(block.model.optim, key) == value, (stage, key)
+        for key in ("logps_impl", "reduction"):
+            if key in model:
+                assert getattr(block.model, key) == model[key], (stage, key)
+        for key in ("max_epochs", "accumulate_grad_batches", "precision", "gradient_clip_val"):
+            assert block.trainer[key] == fit_config["trainer"][key], (stage, key)
+    assert "strategy" not in config.annotator.trainer and "strategy" not in config.trainer  # ZeRO-3: strong stages only

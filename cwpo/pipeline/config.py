@@ -79,8 +79,16 @@ def _arguments_doc(target: Any) -> dict[str, str]:
     return out
 
 
-def block(name: str, target: Any, *, owned: tuple[str, ...] = (), keep: tuple[str, ...] | None = None,
-          defaults: dict[str, Any] | None = None, types: dict[str, Any] | None = None, doc: str = "") -> type:
+def block(
+    name: str,
+    target: Any,
+    *,
+    owned: tuple[str, ...] = (),
+    keep: tuple[str, ...] | None = None,
+    defaults: dict[str, Any] | None = None,
+    types: dict[str, Any] | None = None,
+    doc: str = "",
+) -> type:
     """A dataclass of ``target``'s arguments (a class's ``__init__``, or a function), typed and documented as
     ``target`` types and documents them, defaulting to ``target``'s defaults or ``defaults``: so an experiment YAML
     names each setting as the module (or ``cwpo annotate``) does. ``owned``: arguments the pipeline sets, left out;
@@ -533,8 +541,9 @@ def _module_problems(config: ExperimentConfig) -> list[str]:
         if arguments["lora"] is None and arguments["reference"] == "adapter_disabled":
             arguments["reference"] = "separate"  # what the pipeline gives a full fine-tune
         arguments["export_merged"] = arguments["export_merged"] and arguments["lora"] is not None
-        checks.append((f"{name}.model", lambda a=arguments: PolicyModule(spec, **{**a, "objective": "dpo",
-                                                                                   "export_dir": "-"})))
+        checks.append(
+            (f"{name}.model", lambda a=arguments: PolicyModule(spec, **{**a, "objective": "dpo", "export_dir": "-"}))
+        )
     problems = []
     for name, build in checks:
         try:

@@ -32,10 +32,10 @@ def ci_config(tmp_path: Path) -> Path:
     config["data"]["dataset"]["test_fraction"] = 1 / 3
     config["data"]["split_ratio"] = 0.5
     config["data"].update(max_length=96, test_prompts=4)
-    config["weak"].update(epochs=1, ws_sft_epochs=1, ws_dpo_epochs=1)
-    config["weak"]["ws_backbone"]["config"]["num_hidden_layers"] = 2
-    config["strong"].update(sft_epochs=1, po_epochs=1)
-    config["strong"]["backbone"]["config"] = {"num_hidden_layers": 4}
+    for stage in ("annotator", "ws_sft", "ws_policy", "sft", "policy"):
+        config[stage]["trainer"]["max_epochs"] = 1
+    config["ws_sft"]["model"]["backbone"]["config"]["num_hidden_layers"] = 2
+    config["sft"]["model"]["backbone"]["config"] = {"num_hidden_layers": 4}
     config["eval"].update(max_new_tokens=8, max_prompt_length=64, show_generations=2)
     path = tmp_path / "ci.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -87,8 +87,11 @@ def test_a_synthetic_tokenizer_on_real_text_is_refused(tmp_path, hh_harmless_tes
     with pytest.raises(ConfigError) as caught:
         validate(config)
     lines = str(caught.value).splitlines()[1:]
-    assert [line.split(":")[0].strip() for line in lines] == ["annotator.model.backbone", "sft.model.backbone",
-                                                                    "eval.judge"]
+    assert [line.split(":")[0].strip() for line in lines] == [
+        "annotator.model.backbone",
+        "sft.model.backbone",
+        "eval.judge",
+    ]
     rate = int(lines[0].split("maps ")[1].split(" %")[0])
     assert rate > 50 and "to <unk> (limit 5 %)" in lines[0]
     assert "synthetic gold judge knows only the synthetic task's words" in lines[2]
