@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from cwpo.errors import ConfigError
 
@@ -21,8 +22,9 @@ class OptimConfig:
         weight_decay: weight decay; not applied to biases and norms.
         betas: Adam betas.
         scheduler: ``cosine`` (to 0 after warm-up), ``linear`` (to 0) or ``constant`` (after warm-up).
-        warmup_steps: linear warm-up from 0, in optimiser steps. Capped at a tenth of the run when the run is
-            shorter than ten times this (a 100-step warm-up would otherwise swallow a tiny run).
+        warmup_steps: linear warm-up from 0: a number of optimiser steps, or, below 1, a share of the run's steps
+            (``0.1``: the first tenth, rounded up), as transformers' ``TrainingArguments.warmup_steps`` reads it. A
+            warm-up as long as the run is warned about (the peak ``lr`` is never reached), never shortened.
     """
 
     lr: float = 1e-4
@@ -30,33 +32,46 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_steps: int = 0
+    warmup_steps: int | float = 0
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ConfigError(f"OptimConfig.lr must be > 0, got {self.lr}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"OptimConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.warmup_steps < 0 or (self.warmup_steps > 1 and self.warmup_steps != int(self.warmup_steps)):
+            raise ConfigError(
+                f"OptimConfig.warmup_steps must be a whole number of steps or a share below 1, got {self.warmup_steps}"
+            )
         if self.optimizer not in ("adamw", "adam"):
             raise ConfigError(f"OptimConfig.optimizer must be 'adamw' or 'adam', got {self.optimizer!r}")
         if self.scheduler not in ("cosine", "linear", "constant"):
             raise ConfigError(f"OptimConfig.scheduler must be cosine, linear or constant, got {self.scheduler!r}")
 
 
-def _lr_lambda(config: OptimConfig, total_steps: int):
-    warmup = min(config.warmup_steps, max(total_steps // 10, 0)) if total_steps > 0 else config.warmup_steps
+# cwpo's schedule names -> transformers' (``constant`` keeps the warm-up, as cosine and linear do).
+_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if config.scheduler == "constant" or total_steps <= warmup:
-            return 1.0
-        progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
-        if config.scheduler == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return factor
+def warmup_steps(config: OptimConfig, total_steps: int) -> int:
+    """The warm-up in optimiser steps: ``config.warmup_steps`` as it is, or its share of ``total_steps``."""
+    if 0 < config.warmup_steps < 1:
+        return math.ceil(config.warmup_steps * total_steps)
+    return int(config.warmup_steps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int):
+    """transformers' warm-up + decay schedule of ``config`` over a run of ``total_steps`` optimiser steps
+    (``0``: unknown, e.g. an iterable dataset: the rate stays at its peak after warm-up)."""
+    from transformers import get_scheduler
+
+    warmup = warmup_steps(config, total_steps)
+    if total_steps > 0 and warmup >= total_steps:
+        steps = f"{total_steps} optimiser step" + ("s" if total_steps != 1 else "")
+        rank_zero_warn(
+            f"the warm-up ({warmup} steps) lasts the whole run ({steps}): the learning rate never reaches "
+            f"its peak {config.lr:g}; lower optim.warmup_steps (a share such as 0.1 scales with the run)"
+        )
+    name = _SCHEDULERS[config.scheduler] if total_steps > 0 else "constant_with_warmup"
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
 def configure_optimizers(module, config: OptimConfig):
@@ -77,8 +92,7 @@ def configure_optimizers(module, config: OptimConfig):
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     optimizer = cls(groups, lr=config.lr, betas=config.betas)
     trainer = getattr(module, "_trainer", None)
-    total = int(trainer.estimated_stepping_batches) if trainer is not None else 0
-    if not math.isfinite(total):
-        total = 0
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total))
+    total = trainer.estimated_stepping_batches if trainer is not None else 0
+    total = int(total) if math.isfinite(total) else 0
+    scheduler = build_scheduler(optimizer, config, total)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -139,27 +139,27 @@ AnnotatorModel = block("AnnotatorModel", AnnotatorModule, defaults={
     "backbone": _weak_backbone(), "optim": OptimConfig(lr=2e-3, optimizer="adam", scheduler="constant")},
     types={"backbone": Any}, doc="The weak annotator's arguments (AnnotatorModule; paper: OPT-125M, Qwen2.5-0.5B).")  # fmt: skip
 SFTModel = block("SFTModel", SFTModule, owned=_SFT_OWNED, defaults={
-    "backbone": _strong_backbone(), "lora": None, "optim": OptimConfig(lr=3e-3, warmup_steps=10),
+    "backbone": _strong_backbone(), "lora": None, "optim": OptimConfig(lr=3e-3, warmup_steps=0.1),
     "export_merged": True}, types={"backbone": Any},
     doc="SFTModule's arguments (the strong model's SFT). With ``lora``, ``export_merged`` also saves the merged SFT "
         "model: the base the PO adapters name (``false`` saves the disk, 26 GB per SFT stage of a 13B model, and "
         "leaves a two-step load); without ``lora`` it does not apply.")  # fmt: skip
 WeakSFTModel = block("WeakSFTModel", SFTModule, owned=_SFT_OWNED, defaults={
-    "backbone": None, "lora": None, "optim": OptimConfig(lr=2e-3, warmup_steps=10)}, types={"backbone": Any},
+    "backbone": None, "lora": None, "optim": OptimConfig(lr=2e-3, warmup_steps=0.1)}, types={"backbone": Any},
     doc="SFTModule's arguments for WS-DPO's weak policy. ``backbone``: a causal LM when the annotator's backbone is "
         "not one (an encoder such as MiniLM); ``None``: the annotator's.")  # fmt: skip
 PretrainModel = block("PretrainModel", SFTModule, owned=(*_SFT_OWNED, "backbone", "lora", "export_merged"),
                       defaults={"optim": OptimConfig(lr=3e-3, warmup_steps=10)},
                       doc="SFTModule's arguments for pretraining ``sft.model.backbone`` (full training).")  # fmt: skip
 PolicyModel = block("PolicyModel", PolicyModule, owned=_POLICY_OWNED, defaults={
-    "lora": None, "optim": OptimConfig(lr=5e-4, warmup_steps=10), "beta": 0.3, "tau": 0.5, "epsilon": 0.1,
+    "lora": None, "optim": OptimConfig(lr=5e-4, warmup_steps=0.1), "beta": 0.3, "tau": 0.5, "epsilon": 0.1,
     "reference": "precomputed"},
     doc="PolicyModule's arguments (the objective and weighting come from the method; online methods take the ones "
         "OnlinePolicyModule has). ``lora: null``: full fine-tuning (the embedded default: the sweep on the Human "
         "method, benchmarks/sweep_human.py, found LoRA r 8 on the tiny model either barely moving it or collapsing "
         "it); ``reference: adapter_disabled`` becomes ``separate`` without LoRA.")  # fmt: skip
 WeakPolicyModel = block("WeakPolicyModel", PolicyModule, owned=_POLICY_OWNED, defaults={
-    "lora": None, "optim": OptimConfig(lr=2e-3, warmup_steps=10), "beta": 0.1, "tau": 0.5, "epsilon": 0.1,
+    "lora": None, "optim": OptimConfig(lr=2e-3, warmup_steps=0.1), "beta": 0.1, "tau": 0.5, "epsilon": 0.1,
     "reference": "precomputed"},
     doc="PolicyModule's arguments for WS-DPO's weak policy (DPO on D_L); ``beta`` is also the scale of the implicit "
         "reward it labels D_U with.")  # fmt: skip
