@@ -120,6 +120,12 @@ class ResumableDataLoader(DataLoader):
     millisecond a batch), which keeps the skip right for any sampler and with worker processes; under DDP the
     count is per rank, which is what each rank skips. (Lightning's own restore of this state is skipped when
     ``configure_optimizers`` reads ``estimated_stepping_batches``; ``cwpo.modules.resume.ResumeState`` restores it.)
+
+    Why not torchdata's ``StatefulDataLoader`` (0.11): put in this loader's place, it failed all three
+    kill-and-resume tests (``tests/reliability/test_resume.py``): the resumed runs trained other rows than the
+    uninterrupted ones at an epoch's end and mid-epoch 1, and stopped 6 steps short mid-epoch 0. Its state holds
+    how many batches it handed out but not in which epoch, so a saved position cannot be told from a finished
+    epoch's, which the ``epoch`` here does.
     """
 
     _resume: tuple[int, int] | None = None

@@ -36,7 +36,10 @@ The token budget (``max_length``, paper default 512)
     and counted (``response_truncated_to_zero``), never kept empty.
 
 Caching
-    With ``cache_dir``, the result is saved under a key of :func:`cwpo.io.stable_hash` over the data's content
+    Rows are tokenised by ``datasets.Dataset.map`` (batched) into the id columns and, per row, its drop reason and
+    notes; the report is counted from those columns, so a result ``datasets`` finds in its own cache (a dataset
+    read from files, under a fingerprint of its fingerprint, the tokenizer and these settings) reports the same.
+    With ``cache_dir``, the result is also saved under a key of :func:`cwpo.io.stable_hash` over the data's content
     fingerprint, the tokenizer's identity and these settings, written atomically, and reloaded next time.
 """
 
@@ -187,21 +190,21 @@ class PairTokenizer:
 
     def encode_batch(
         self, prompts: list, responses: dict[str, list[str]]
-    ) -> tuple[list[list[int]], dict[str, list[list[int]]], int]:
-        """Prompt ids and response ids (with end tokens) of a batch; also how many boundary fallbacks."""
+    ) -> tuple[list[list[int]], dict[str, list[list[int]]], list[int]]:
+        """Prompt ids and response ids (with end tokens) of a batch; also each row's count of boundary fallbacks."""
         tokenizer = self.tokenizer
         rendered = [self.prompt_text(p) for p in prompts]
         texts = [text for text, _ in rendered]
         templated = [flag for _, flag in rendered]
         from_messages = [not isinstance(p, str) for p in prompts]
-        fallbacks = 0
+        fallbacks = [0] * len(prompts)
         if self.style == "encoder":
             prompt_ids = _ids(tokenizer(texts, add_special_tokens=True))
             out = {}
             for name, values in responses.items():
                 texts_r = [self._response_text(r, False, m) for r, m in zip(values, from_messages, strict=True)]
                 out[name] = [ids + self.end_ids for ids in _ids(tokenizer(texts_r, add_special_tokens=False))]
-            return prompt_ids, out, 0
+            return prompt_ids, out, fallbacks
         body = _ids(tokenizer(texts, add_special_tokens=False))
         prompt_ids = [b if t else self.prefix_ids + b for b, t in zip(body, templated, strict=True)]
         out = {}
@@ -219,10 +222,10 @@ class PairTokenizer:
                     ids_r.append(None)
                     missing.append(i)
             if missing:  # a merge across the boundary: tokenise those responses on their own
-                fallbacks += len(missing)
                 alone = _ids(tokenizer([texts_r[i] for i in missing], add_special_tokens=False))
                 for i, ids in zip(missing, alone, strict=True):
                     ids_r[i] = ids
+                    fallbacks[i] += 1
             out[name] = [ids if ids[-1:] == self.end_ids else ids + self.end_ids for ids in ids_r]
         return prompt_ids, out, fallbacks
 
@@ -370,68 +373,73 @@ def tokenize_pairs(
     missing = [name for name in ("prompt", *responses) if name not in dataset.column_names]
     if missing:
         raise DataError(f"cannot tokenise: missing column(s) {missing}; columns present: {dataset.column_names}")
+    settings_key = stable_hash({"tokenizer": tokenizer_fingerprint(tokenizer), "settings": asdict(config),
+                                "responses": responses, "version": TOKENIZE_VERSION})  # fmt: skip
     cache_file = None
     if cache_dir is not None:
-        key = stable_hash(
-            {
-                "data": dataset_fingerprint(dataset),
-                "tokenizer": tokenizer_fingerprint(tokenizer),
-                "settings": asdict(config),
-                "responses": responses,
-                "version": TOKENIZE_VERSION,
-            }
-        )
+        key = stable_hash({"data": dataset_fingerprint(dataset), "tokenize": settings_key})
         cache_file = Path(cache_dir) / f"tokenized-{key}"
         if (cache_file / "dataset_info.json").is_file():
             logger.info("tokenised data from cache %s", cache_file)
             return datasets.load_from_disk(str(cache_file))
 
     encoder = PairTokenizer(tokenizer, config)
-    report = FilterReport(stage=f"tokenize (max_length={config.max_length}, {config.truncation})", strict=strict)
-    columns: dict[str, list[Any]] = {name: [] for name in _features(dataset, responses)}
-    for start in range(0, len(dataset), _BATCH):
-        batch = dataset[start : start + _BATCH]
-        n = len(batch["prompt"])
-        report.n_read += n
-        for i in range(n):
-            for name in responses:
-                if not isinstance(batch[name][i], str):
-                    raise DataError(
-                        f"{name} is a {type(batch[name][i]).__name__}, expected text",
-                        row=start + i,
-                        record_id=batch["id"][i] if "id" in batch else None,
-                    )
-        prompt_ids, response_ids, fallbacks = encoder.encode_batch(
-            batch["prompt"], {name: batch[name] for name in responses}
-        )
-        report.note("boundary_fallback", fallbacks)
-        for i in range(n):
-            record_id = batch["id"][i] if "id" in batch else None
-            row = start + i
+
+    def encode(batch: dict[str, list], rows: list[int]) -> dict[str, list]:
+        """A batch's ids, and per row why it is dropped (``None``: kept), whether the budget cut it, and its boundary
+        fallbacks: the report is counted from these columns, so a cached result gives the same report."""
+        record_ids = batch.get("id")
+        for name in responses:
+            for i, text in enumerate(batch[name]):
+                if not isinstance(text, str):
+                    raise DataError(f"{name} is a {type(text).__name__}, expected text", row=rows[i],
+                                    record_id=record_ids[i] if record_ids is not None else None)  # fmt: skip
+        prompt_ids, response_ids, fallbacks = encoder.encode_batch(batch["prompt"], {n: batch[n] for n in responses})
+        out: dict[str, list] = {"prompt_ids": [], **{f"{n}_ids": [] for n in responses}, "_drop": [], "_truncated": []}
+        for i in range(len(rows)):
             texts = [batch[name][i] for name in responses]
-            if any(not isinstance(text, str) or not text.strip() for text in texts):
-                report.drop("empty_response", row=row, record_id=record_id)
-                continue
-            if len(responses) == 2 and texts[0] == texts[1]:
-                report.drop("identical_responses", row=row, record_id=record_id)
-                continue
             ids = {name: response_ids[name][i] for name in responses}
-            kept_prompt, kept, reason = encoder.fit_budget(prompt_ids[i], ids)
-            if reason is not None:
-                report.drop(reason, row=row, record_id=record_id)
-                continue
-            if kept_prompt != prompt_ids[i] or kept != ids:
-                report.note("truncated")
-            for name in dataset.column_names:
-                columns[name].append(batch[name][i])
-            columns["prompt_ids"].append(kept_prompt)
+            kept_prompt, kept, reason = prompt_ids[i], ids, None
+            if any(not text.strip() for text in texts):
+                reason = "empty_response"
+            elif len(responses) == 2 and texts[0] == texts[1]:
+                reason = "identical_responses"
+            else:
+                kept_prompt, kept, reason = encoder.fit_budget(prompt_ids[i], ids)
+            out["prompt_ids"].append(kept_prompt if reason is None else [])
             for name in responses:
-                columns[f"{name}_ids"].append(kept[name])
-    report.n_kept = len(columns["prompt_ids"])
+                out[f"{name}_ids"].append(kept[name] if reason is None else [])
+            out["_drop"].append(reason)
+            out["_truncated"].append(reason is None and (kept_prompt != prompt_ids[i] or kept != ids))
+        out["_fallbacks"] = fallbacks
+        return out
+
+    features = _features(dataset, responses)
+    helpers = {"_drop": datasets.Value("string"), "_truncated": datasets.Value("bool"),
+               "_fallbacks": datasets.Value("int32")}  # fmt: skip
+    with quiet_datasets():
+        # Batched and fingerprint-cached: a dataset backed by files (``load_dataset``) finds its tokenised copy in
+        # the datasets cache under this fingerprint; an in-memory one is tokenised in memory.
+        encoded = dataset.map(encode, batched=True, batch_size=_BATCH, with_indices=True,
+                              features=datasets.Features({**features, **helpers}),
+                              new_fingerprint=stable_hash([dataset._fingerprint, settings_key]))  # fmt: skip
+    report = FilterReport(stage=f"tokenize (max_length={config.max_length}, {config.truncation})", strict=strict,
+                          n_read=len(encoded))  # fmt: skip
+    columns = encoded.select_columns([*helpers, *(["id"] if "id" in encoded.column_names else [])])[:]
+    kept_rows = []
+    for row, reason in enumerate(columns["_drop"]):
+        if reason is None:
+            kept_rows.append(row)
+        else:
+            report.drop(reason, row=row, record_id=columns["id"][row] if "id" in columns else None)
+    report.note("boundary_fallback", sum(columns["_fallbacks"]))
+    report.note("truncated", sum(columns["_truncated"]))
+    report.n_kept = len(kept_rows)
     if report.n_kept == 0:
         raise DataError(f"no pairs left after tokenisation ({report.summary()})")
     report.log()
-    tokenized = datasets.Dataset.from_dict(columns, features=_features(dataset, responses))
+    with quiet_datasets():
+        tokenized = encoded.remove_columns(list(helpers)).select(kept_rows).flatten_indices()
     previous = FilterReport.from_dataset(dataset)
     (previous.merge(report) if previous is not None else report).attach(tokenized)
     if cache_file is not None:

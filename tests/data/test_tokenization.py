@@ -179,6 +179,33 @@ def test_cache_hit_and_key(tmp_path, synthetic_tokenizer, monkeypatch):
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporary folders
 
 
+def test_a_file_backed_dataset_reuses_its_datasets_cache_with_the_same_report(tmp_path, synthetic_tokenizer,
+                                                                                monkeypatch):  # fmt: skip
+    """Dataset.map's fingerprint cache: a dataset read from files is tokenised once; the second call reads the cached
+    columns, drop reasons included, so its rows and its report are the first call's; other settings tokenise again."""
+    load_synthetic(40).save_to_disk(str(tmp_path / "data"))
+    data = datasets.load_from_disk(str(tmp_path / "data"))
+    config = TokenizeConfig(max_length=20)  # drops some pairs: the report has something to lose
+    first = tokenize_pairs(data, synthetic_tokenizer, config)
+    assert get_filter_report(first).dropped and 0 < len(first) < 40
+    calls = []
+    encode_batch = PairTokenizer.encode_batch
+    monkeypatch.setattr(PairTokenizer, "encode_batch", lambda self, *a: calls.append(1) or encode_batch(self, *a))
+    again = tokenize_pairs(datasets.load_from_disk(str(tmp_path / "data")), synthetic_tokenizer, config)
+    assert calls == []
+    assert again.to_list() == first.to_list()
+    assert get_filter_report(again).to_dict() == get_filter_report(first).to_dict()
+    tokenize_pairs(data, synthetic_tokenizer, TokenizeConfig(max_length=21))
+    assert calls
+
+
+def test_strict_names_the_first_dropped_row(synthetic_tokenizer):
+    rows = [{"prompt": "a b", "chosen": "c", "rejected": "d"}, {"prompt": "a", "chosen": "c", "rejected": "c"},
+            {"prompt": "a", "chosen": " ", "rejected": "d"}]  # fmt: skip
+    with pytest.raises(DataError, match=r"row 1.*identical_responses"):
+        tokenize_pairs(_pairs(rows), synthetic_tokenizer, strict=True)
+
+
 def test_fingerprints_are_content_hashes(synthetic_tokenizer, bert_tokenizer):
     a, b = load_synthetic(10), load_synthetic(10)
     assert dataset_fingerprint(a) == dataset_fingerprint(b)
