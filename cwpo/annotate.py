@@ -9,90 +9,62 @@ Examples:
     python -m cwpo.annotate --annotator ann.ckpt --data d_u.jsonl --output d_u_labelled.parquet \\
         --accelerator gpu --devices 4 --strategy ddp --confidence rank
 
-An interrupted run is resumed by running the same command again (``--no_resume`` starts over). Flags are spelled
-with underscores like every cwpo command's (``--split_ratio``); the older dashed forms still work. The logic is in
-:mod:`cwpo.annotation`.
+An interrupted run is resumed by running the same command again (``--resume false`` starts over). The arguments are
+:func:`cwpo.annotation.annotate_dataset`'s, read from its signature and docstring by jsonargparse (``--help`` lists
+them, ``--config`` reads a YAML of them, ``--print_config`` writes one), plus the Trainer's ``--accelerator``,
+``--devices``, ``--strategy``, ``--num_nodes`` and ``--precision``. Flags are spelled with underscores like every
+cwpo command's (``--split_ratio``); the older ``--split-ratio`` and ``--no-resume`` / ``--no-report`` /
+``--no-progress`` forms still work. The logic is in :mod:`cwpo.annotation`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
+from typing import Any
+
+# Flags of the argparse version of this command, still accepted: ``--no-resume`` is ``--resume false``.
+_NEGATED = {"--no_resume": "--resume=false", "--no_report": "--report=false", "--no_progress": "--progress=false"}
 
 
-def _data_spec(value: str):
-    # A JSON object is a DatasetSpec ({"name": ..., "path": ..., "args": {...}}); anything else a name or a path.
-    return json.loads(value) if value.lstrip().startswith("{") else value
+def _modern(argv: list[str]) -> list[str]:
+    """``argv`` in the one flag style: ``--split-ratio`` -> ``--split_ratio``, ``--no-resume`` -> ``--resume=false``."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and not arg.startswith("---"):
+            name, sep, value = arg.partition("=")
+            name = "--" + name[2:].replace("-", "_")
+            arg = _NEGATED.get(name, name + sep + value)
+        out.append(arg)
+    return out
 
 
-def _devices(value: str):
-    return value if value == "auto" or "," in value else int(value)
+def build_parser():
+    """The ``cwpo annotate`` parser: ``annotate_dataset``'s arguments, and the Trainer's device settings."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
 
+    from cwpo.annotation.annotate import _annotate_dataset
 
-def _add(parser: argparse.ArgumentParser, dashed: str, **kwargs) -> None:
-    """``--split_ratio`` (the flag style of every cwpo command); the older ``--split-ratio`` still works, unlisted."""
-    name = dashed.replace("-", "_").replace("__", "--", 1)
-    action = parser.add_argument(name, **kwargs)
-    alias = {k: v for k, v in kwargs.items() if k in ("action", "type", "choices")}
-    parser.add_argument(dashed, dest=action.dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **alias)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from cwpo.losses import CONFIDENCE_SCHEMES
-
-    parser = argparse.ArgumentParser(
-        prog="cwpo annotate",
+    parser = ArgumentParser(
+        prog="cwpo annotate", exit_on_error=False,
         description="Label preference pairs with a trained weak annotator: weak order (Eq. 6) and confidence (Eq. 8).",
-    )
-    parser.add_argument("--annotator", required=True, help="a Lightning .ckpt of the annotator, or an exported folder")
-    parser.add_argument(
-        "--data",
-        required=True,
-        type=_data_spec,
-        help="loader name (synthetic, harmless-base, ...), a data file, or a JSON DatasetSpec",
-    )
-    parser.add_argument(
-        "--part",
-        default="all",
-        choices=("all", "d_u", "d_l", "train", "test"),
-        help="which part of --data to label (default: all of it; d_u: the unlabelled split)",
-    )
-    _add(parser, "--split-ratio", type=float, default=0.3, help="labelled share of train for d_l/d_u")
-    _add(parser, "--split-seed", type=int, default=0, help="seed of the D_L / D_U split")
-    parser.add_argument("--output", required=True, help="output .jsonl, .jsonl.gz or .parquet")
-    parser.add_argument(
-        "--confidence",
-        default="cw",
-        choices=sorted(CONFIDENCE_SCHEMES),
-        help="confidence scheme (default cw: 2*sigmoid(margin) - 1, Eq. 8)",
-    )
-    _add(parser, "--batch-size", type=int, default=32, help="pairs per scoring batch")
-    _add(parser, "--max-length", type=int, default=512, help="token budget of prompt + longer response")
-    parser.add_argument(
-        "--truncation",
-        default="keep_end",
-        choices=("keep_end", "drop"),
-        help="over-long pairs: keep their end (default) or drop them",
-    )
-    _add(parser, "--chat-template-for-text", action="store_true", help="text prompts through the chat template")
-    _add(parser, "--work-dir", default=None, help="folder of the part files (default: <output>.parts)")
-    _add(parser, "--no-resume", action="store_true", help="discard part files of an earlier run")
-    _add(parser, "--keep-parts", action="store_true", help="keep the part files after merging")
-    _add(parser, "--no-report", action="store_true", help="skip the agreement report")
-    _add(parser, "--report-dir", default=None, help="where the report goes (default: beside --output)")
-    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
-    parser.add_argument("--devices", type=_devices, default=1, help="devices per node (an int, 'auto' or '0,1')")
-    parser.add_argument("--strategy", default="auto", help="Lightning strategy (auto, ddp, ...)")
-    _add(parser, "--num-nodes", type=int, default=1, help="nodes")
-    parser.add_argument(
-        "--precision",
-        default="auto",
-        help="auto (bf16 autocast where the hardware runs bf16 fast and the annotator is >= 256 wide), fp32, bf16, "
-        "or a Lightning precision (32-true, bf16-mixed, ...)",
-    )
-    _add(parser, "--num-workers", type=int, default=0, help="DataLoader workers per rank")
-    _add(parser, "--no-progress", action="store_true", help="no progress bar")
+    )  # fmt: skip
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML of these arguments")
+    parser.add_argument("--annotator", type=str, required=True,
+                        help="a Lightning .ckpt of the annotator, or a folder from export_annotator()")  # fmt: skip
+    parser.add_argument("--data", type=Any, required=True,
+                        help="loader name (synthetic, harmless-base, ...), a data file, or a DatasetSpec mapping "
+                             "({name: local, path: pairs.jsonl})")  # fmt: skip
+    parser.add_argument("--output", type=str, required=True, help="output .jsonl, .jsonl.gz or .parquet")
+    parser.add_function_arguments(_annotate_dataset, None, as_group=False,
+                                  skip={"annotator", "pairs", "output", "trainer"})  # fmt: skip
+    group = parser.add_argument_group("Trainer", "Where the annotator runs (lightning.Trainer's arguments).")
+    group.add_argument("--accelerator", type=str, default="auto", help="cpu, gpu, auto")
+    group.add_argument("--devices", type=int | str, default=1, help="devices per node: a number, 'auto' or '0,1'")
+    group.add_argument("--strategy", type=str, default="auto", help="auto, ddp, ...")
+    group.add_argument("--num_nodes", type=int, default=1, help="nodes")
+    group.add_argument("--precision", type=str, default="auto",
+                       help="auto (bf16 autocast where the hardware runs bf16 fast and the annotator is >= 256 "
+                            "wide), fp32, bf16, or a Lightning precision (32-true, bf16-mixed, ...)")  # fmt: skip
     return parser
 
 
@@ -118,37 +90,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    from cwpo.annotation import annotate_dataset
+    from jsonargparse import ArgumentError
 
-    trainer = {
-        "accelerator": args.accelerator,
-        "devices": args.devices,
-        "strategy": args.strategy,
-        "num_nodes": args.num_nodes,
-    }
-    trainer["precision"] = _precision(args.precision, args.annotator, args.accelerator)
-    result = annotate_dataset(
-        args.annotator,
-        args.data,
-        args.output,
-        part=args.part,
-        split_ratio=args.split_ratio,
-        split_seed=args.split_seed,
-        confidence=args.confidence,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        truncation=args.truncation,
-        chat_template_for_text=args.chat_template_for_text,
-        work_dir=args.work_dir,
-        resume=not args.no_resume,
-        keep_parts=args.keep_parts,
-        report=not args.no_report,
-        report_dir=args.report_dir,
-        trainer=trainer,
-        num_workers=args.num_workers,
-        progress=not args.no_progress,
-    )
+    from cwpo.annotation import annotate_dataset
+    from cwpo.errors import argument_error
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(_modern(argv)).as_dict()
+    except ArgumentError as err:
+        raise argument_error(err, "cwpo annotate") from None
+    args.pop("config", None)
+    trainer = {name: args.pop(name) for name in ("accelerator", "devices", "strategy", "num_nodes", "precision")}
+    trainer["precision"] = _precision(trainer["precision"], args["annotator"], trainer["accelerator"])
+    result = annotate_dataset(args.pop("annotator"), args.pop("data"), args.pop("output"), trainer=trainer, **args)
     if result is not None:
         agreement = "n/a" if result.agreement is None else f"{100 * result.agreement:.1f} %"
         print(

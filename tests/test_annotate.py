@@ -216,11 +216,12 @@ def test_fit_then_annotate_cli(tmp_path, pairs, monkeypatch):
             str(data_file),
             "--output",
             str(output),
-            "--max-length",
+            "--max_length",
             "48",
             "--accelerator",
             "cpu",
-            "--no-progress",
+            "--progress",
+            "false",
         ]
     )
     assert code == 0

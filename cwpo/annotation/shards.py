@@ -199,13 +199,13 @@ def check_manifest(work_dir: str | os.PathLike, manifest: dict[str, Any]) -> Non
             differing = sorted(k for k in set(existing) | set(manifest) if existing.get(k) != manifest.get(k))
             raise CwpoError(
                 f"{work_dir} holds the parts of a different annotation job (differs in: {differing}); "
-                "delete it or run with resume=False (--no-resume) to start over"
+                "delete it or run with resume=False (--resume false) to start over"
             )
         return
     parts = sorted(p.name for p in Path(work_dir).glob(f"{PART_PREFIX}*.jsonl"))
     if parts:
         raise CwpoError(
             f"{work_dir} holds scores ({', '.join(parts)}) but no {MANIFEST}, so nothing says which data and "
-            "annotator they belong to; delete the folder or run with resume=False (--no-resume) to start over"
+            "annotator they belong to; delete the folder or run with resume=False (--resume false) to start over"
         )
     write_json(path, manifest)

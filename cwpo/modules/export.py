@@ -38,7 +38,6 @@ Sharing on the hub (the network only there; tests stand in for ``HfApi``):
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -503,33 +502,52 @@ def push_dataset(source: str | Path, repo_id: str, *, private: bool = False, api
         return push_folder(folder, repo_id, repo_type="dataset", private=private, api=api)
 
 
+def build_parser():
+    """``cwpo export merge|adapter|dataset``: jsonargparse subcommands, each with ``--push_to_hub`` and ``--private``."""
+    from jsonargparse import ArgumentParser
+
+    def command(*positional: str, help_text: str) -> ArgumentParser:
+        sub = ArgumentParser(exit_on_error=False, description=help_text)
+        for name in positional:
+            sub.add_argument(name, type=str)
+        sub.add_argument("--push_to_hub", type=str | None, default=None, help="upload to this hub repo (org/name)")
+        sub.add_argument("--private", type=bool, default=False, help="create the hub repo private")
+        return sub
+
+    parser = ArgumentParser(prog="cwpo export", description=__doc__.split("\n")[0], exit_on_error=False)
+    commands = parser.add_subcommands(dest="command")
+    merge = "merge an exported adapter into its base and save_pretrained it"
+    commands.add_subcommand("merge", command("adapter_dir", "out_dir", help_text=merge), help=merge)
+    adapter = "push an exported adapter (its base must be a hub model)"
+    commands.add_subcommand("adapter", command("adapter_dir", help_text=adapter), help=adapter)
+    dataset = command("file", help_text="an annotated pair file as a hub dataset (parquet + card)")
+    dataset.add_argument("--out_dir", type=str | None, default=None, help="write the dataset folder here")
+    commands.add_subcommand("dataset", dataset, help="an annotated pair file as a hub dataset (parquet + card)")
+    return parser
+
+
 def main(argv: list[str] | None = None, *, api=None) -> int:
-    parser = argparse.ArgumentParser(prog="cwpo export", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    merge = commands.add_parser("merge", help="merge an exported adapter into its base and save_pretrained it")
-    merge.add_argument("adapter_dir")
-    merge.add_argument("out_dir")
-    adapter = commands.add_parser("adapter", help="push an exported adapter (its base must be a hub model)")
-    adapter.add_argument("adapter_dir")
-    dataset = commands.add_parser("dataset", help="an annotated pair file as a hub dataset (parquet + card)")
-    dataset.add_argument("file")
-    dataset.add_argument("--out_dir", help="write the dataset folder here (default: only push it)")
-    for command in (merge, adapter, dataset):
-        command.add_argument("--push_to_hub", metavar="REPO_ID", help="upload to this hub repo (org/name)")
-        command.add_argument("--private", action="store_true", help="create the hub repo private")
-    args = parser.parse_args(argv)
-    if args.command == "merge":
+    from jsonargparse import ArgumentError
+
+    from cwpo.errors import argument_error
+
+    try:
+        namespace = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    except ArgumentError as err:
+        raise argument_error(err, "cwpo export") from None
+    args = namespace[namespace.command]
+    if namespace.command == "merge":
         out = export_merged(args.adapter_dir, args.out_dir)
         print(f"merged model written to {out}")
         if args.push_to_hub:
             print(f"pushed to {push_folder(out, args.push_to_hub, private=args.private, api=api)}")
-    elif args.command == "adapter":
+    elif namespace.command == "adapter":
         if not args.push_to_hub:
-            parser.error("adapter: give --push_to_hub REPO_ID (the folder itself is already the export)")
+            raise ConfigError("adapter: give --push_to_hub REPO_ID (the folder itself is already the export)")
         print(f"pushed to {push_adapter(args.adapter_dir, args.push_to_hub, private=args.private, api=api)}")
     else:
         if not args.push_to_hub and not args.out_dir:
-            parser.error("dataset: give --out_dir FOLDER, --push_to_hub REPO_ID, or both")
+            raise ConfigError("dataset: give --out_dir FOLDER, --push_to_hub REPO_ID, or both")
         if args.out_dir:
             print(f"dataset folder written to {export_dataset(args.file, args.out_dir)}")
         if args.push_to_hub:

@@ -217,7 +217,7 @@ def test_export_push_to_hub_uploads_an_adapter_on_a_hub_base_without_its_local_c
     module.save_adapter(str(folder))
     config = json.loads((folder / "adapter_config.json").read_text())
     (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "org/base"}))
-    assert main(["adapter", str(folder), "--push_to_hub", "me/adapter", "--private"]) == 0
+    assert main(["adapter", str(folder), "--push_to_hub", "me/adapter", "--private", "true"]) == 0
     assert hub.calls == [("create_repo", "me/adapter", "model", True), ("upload_folder", "me/adapter", "model")]
     assert {p.name for p in (hub.root / "me/adapter").iterdir()} >= {"adapter_model.safetensors", "README.md"}
     assert not (hub.root / "me/adapter/base").exists()
