@@ -136,6 +136,7 @@ def _printed(capsys, argv: list[str]) -> str:
     ("argv", "shown"),
     [(["fit", "--model", "policy", "--config", str(POLICY), "--model.beta", "0.2"], ["beta: 0.2"]),
      (["run", "--seeds", "[3]", "--policy.model.beta", "0.2"], ["beta: 0.2"]),
+     (["evaluate", "--model", "runs/policy/adapter", "--eval.max_new_tokens", "7"], ["  max_new_tokens: 7"]),
      # annotate's flags of its argparse days (dashed, --no-X) still read, as the one style's values
      (["annotate", "--annotator", "a.ckpt", "--data", "{name: local, path: x.jsonl}", "--output", "o.jsonl",
        "--split-ratio", "0.4", "--no-resume", "--min_prompt_tokens", "16"],
