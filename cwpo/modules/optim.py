@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from cwpo.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,10 +69,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, total
     warmup = warmup_steps(config, total_steps)
     if total_steps > 0 and warmup >= total_steps:
         steps = f"{total_steps} optimiser step" + ("s" if total_steps != 1 else "")
-        rank_zero_warn(
-            f"the warm-up ({warmup} steps) lasts the whole run ({steps}): the learning rate never reaches "
-            f"its peak {config.lr:g}; lower optim.warmup_steps (a share such as 0.1 scales with the run)"
-        )
+        if rank_zero_only.rank == 0:  # a log line (once, not a Python warning): cwpo run shows it as it is
+            log.warning(f"the warm-up ({warmup} steps) lasts the whole run ({steps}): the learning rate never "
+                        f"reaches its peak {config.lr:g}; lower optim.warmup_steps (a share such as 0.1 scales "
+                        "with the run)")  # fmt: skip
     name = _SCHEDULERS[config.scheduler] if total_steps > 0 else "constant_with_warmup"
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 

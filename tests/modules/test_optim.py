@@ -53,9 +53,13 @@ def test_a_share_below_one_is_that_share_of_the_run_rounded_up():
     assert rates(OptimConfig(lr=1.0, scheduler="constant", warmup_steps=0.25), 8)[:3] == pytest.approx([0, 0.5, 1])
 
 
-def test_a_warm_up_as_long_as_the_run_is_warned_about():
-    with pytest.warns(UserWarning, match=r"warm-up \(100 steps\) lasts the whole run \(12 optimiser steps\)"):
+def test_a_warm_up_as_long_as_the_run_is_logged_once(caplog):
+    with caplog.at_level("WARNING", logger="cwpo.modules.optim"):
         rates(OptimConfig(lr=1.0, warmup_steps=100), 12)
+        rates(OptimConfig(lr=1.0, warmup_steps=11), 12)
+    assert [r.getMessage()[:64] for r in caplog.records] == [
+        "the warm-up (100 steps) lasts the whole run (12 optimiser steps)"
+    ]
 
 
 def test_an_unknown_run_length_keeps_the_peak_after_warm_up():
