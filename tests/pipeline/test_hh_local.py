@@ -4,9 +4,9 @@ config's relative path), MiniLM's and SmolLM2's real tokenizers, chat template a
 the no-gold evaluation and its report, and a rerun that reuses every stage.
 
 CI size: the config as shipped, with about 16 pairs per part (48 pairs read: 16 test, 16 D_L, 16 D_U), a 96-token
-budget, one epoch per stage, 8 new tokens, and the strong policy and WS-DPO's weak policy truncated to their first 4
-and 2 layers (the same code path, about 7x less compute; only the weights' depth differs). Marked ``slow`` (real
-weights); the default ``pytest`` run (addopts ``-m 'not gpu'``, as CI runs it) includes it.
+budget, one epoch (one step) per stage and no warm-up, 8 new tokens, and the strong policy and WS-DPO's weak policy
+truncated to their first 4 and 2 layers (the same code path, about 7x less compute; only the weights' depth
+differs). Marked ``slow`` (real weights); the default ``pytest`` run (addopts ``-m 'not gpu'``, as CI runs it) includes it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def ci_config(tmp_path: Path) -> Path:
     config["data"].update(max_length=96, test_prompts=4)
     for stage in ("annotator", "ws_sft", "ws_policy", "sft", "policy"):
         config[stage]["trainer"]["max_epochs"] = 1
+    for stage in ("ws_sft", "ws_policy", "sft", "policy"):  # one step each: a warm-up would be all of it (lr 0)
+        config[stage]["model"]["optim"]["warmup_steps"] = 0
     config["ws_sft"]["model"]["backbone"]["config"]["num_hidden_layers"] = 2
     config["sft"]["model"]["backbone"]["config"] = {"num_hidden_layers": 4}
     config["eval"].update(max_new_tokens=8, max_prompt_length=64, show_generations=2)
