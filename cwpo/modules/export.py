@@ -503,7 +503,7 @@ def push_dataset(source: str | Path, repo_id: str, *, private: bool = False, api
 
 
 def build_parser():
-    """``cwpo export merge|adapter|dataset``: jsonargparse subcommands, each with ``--push_to_hub`` and ``--private``."""
+    """``cwpo export merge|adapter|dataset``: jsonargparse subcommands, each with ``--push_to_hub``, ``--private``."""
     from jsonargparse import ArgumentParser
 
     def command(*positional: str, help_text: str) -> ArgumentParser:

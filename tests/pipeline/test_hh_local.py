@@ -6,7 +6,8 @@ the no-gold evaluation and its report, and a rerun that reuses every stage.
 CI size: the config as shipped, with about 16 pairs per part (48 pairs read: 16 test, 16 D_L, 16 D_U), a 96-token
 budget, one epoch (one step) per stage and no warm-up, 8 new tokens, and the strong policy and WS-DPO's weak policy
 truncated to their first 4 and 2 layers (the same code path, about 7x less compute; only the weights' depth
-differs). Marked ``slow`` (real weights); the default ``pytest`` run (addopts ``-m 'not gpu'``, as CI runs it) includes it.
+differs). Marked ``slow`` (real weights); the default ``pytest`` run (addopts ``-m 'not gpu'``, as CI runs it)
+includes it.
 """
 
 from __future__ import annotations
