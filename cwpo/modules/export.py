@@ -520,9 +520,10 @@ def build_parser():
     commands.add_subcommand("merge", command("adapter_dir", "out_dir", help_text=merge), help=merge)
     adapter = "push an exported adapter (its base must be a hub model)"
     commands.add_subcommand("adapter", command("adapter_dir", help_text=adapter), help=adapter)
-    dataset = command("file", help_text="an annotated pair file as a hub dataset (parquet + card)")
-    dataset.add_argument("--out_dir", type=str | None, default=None, help="write the dataset folder here")
-    commands.add_subcommand("dataset", dataset, help="an annotated pair file as a hub dataset (parquet + card)")
+    dataset = "an annotated pair file as a hub dataset (parquet + card)"
+    pairs = command("file", help_text=dataset)
+    pairs.add_argument("--out_dir", type=str | None, default=None, help="write the dataset folder here")
+    commands.add_subcommand("dataset", pairs, help=dataset)
     return parser
 
 

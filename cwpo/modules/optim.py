@@ -27,7 +27,7 @@ class OptimConfig:
         scheduler: ``cosine`` (to 0 after warm-up), ``linear`` (to 0) or ``constant`` (after warm-up).
         warmup_steps: linear warm-up from 0: a number of optimiser steps, or, below 1, a share of the run's steps
             (``0.1``: the first tenth, rounded up), as transformers' ``TrainingArguments.warmup_steps`` reads it. A
-            warm-up as long as the run is warned about (the peak ``lr`` is never reached), never shortened.
+            warm-up as long as the run is logged as a warning (the peak ``lr`` is never reached), never shortened.
     """
 
     lr: float = 1e-4
