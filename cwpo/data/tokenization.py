@@ -438,8 +438,10 @@ def tokenize_pairs(
     if report.n_kept == 0:
         raise DataError(f"no pairs left after tokenisation ({report.summary()})")
     report.log()
-    with quiet_datasets():
-        tokenized = encoded.remove_columns(list(helpers)).select(kept_rows).flatten_indices()
+    tokenized = encoded.remove_columns(list(helpers))
+    if len(kept_rows) < len(encoded):  # copy the kept rows out only when some were dropped
+        with quiet_datasets():
+            tokenized = tokenized.select(kept_rows).flatten_indices()
     previous = FilterReport.from_dataset(dataset)
     (previous.merge(report) if previous is not None else report).attach(tokenized)
     if cache_file is not None:
